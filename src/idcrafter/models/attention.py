@@ -1,0 +1,106 @@
+"""Attention pieces of the subject stream and of the subject branch inside DiT blocks.
+
+All attention goes through `torch.nn.functional.scaled_dot_product_attention` with boolean
+key masks; shapes follow the (B, heads, L, head_dim) convention of SDPA.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, L, H*D) -> (B, H, L, D)."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, L, D) -> (B, L, H*D)."""
+    return x.transpose(1, 2).flatten(2)
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """SDPA where `key_mask` (B, Lk) bool marks valid keys. Each row must have a valid key."""
+    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, Lk)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class SubjectLayer(nn.Module):
+    """Pre-norm transformer layer whose queries attend to themselves plus optional extra keys.
+
+    Used for both stages of the subject stream: intra-subject (tokens of one subject, batched
+    as separate sequences so attention is block-diagonal by construction) and inter-subject
+    (all subjects of a sample plus the grounded text tokens as extra keys/values).
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_mult: int = 4, eps: float = 1e-6):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+        self.to_out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_mult * dim, dim))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                extra: torch.Tensor | None = None, extra_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # x (B, L, C), mask (B, L) valid tokens; extra (B, Le, C) keys/values only, extra_mask (B, Le)
+        h = self.norm1(x)
+        kv_in = h if extra is None else torch.cat([h, extra], 1)
+        q = split_heads(self.norm_q(self.to_q(h)), self.heads)
+        k = split_heads(self.norm_k(self.to_k(kv_in)), self.heads)
+        v = split_heads(self.to_v(kv_in), self.heads)
+        key_mask = mask
+        if extra is not None:
+            b = x.shape[0]
+            m = mask if mask is not None else x.new_ones(b, x.shape[1], dtype=torch.bool)
+            em = extra_mask if extra_mask is not None else x.new_ones(b, extra.shape[1], dtype=torch.bool)
+            key_mask = torch.cat([m, em], 1)
+        if key_mask is not None:
+            # a padded (absent) subject has no valid key at all: let its rows see themselves so
+            # SDPA stays finite; their outputs are masked out by the caller.
+            key_mask = key_mask.clone()
+            key_mask[:, : x.shape[1]] |= ~key_mask.any(1, keepdim=True)
+        x = x + self.to_out(merge_heads(masked_attention(q, k, v, key_mask)))
+        return x + self.ffn(self.norm2(x))
+
+
+class SubjectBranch(nn.Module):
+    """The subject branch of a DiT block: video queries attend to [subject tokens; grounded
+    tokens] in a softmax of their own; the result joins the text cross-attention's output
+    *before* its output projection, scaled by a per-channel gate that starts at zero.
+
+    It shares the query and the output projection of the block's text cross-attention (as
+    IP-Adapter's decoupled cross-attention does), so it adds only two projections per block. A
+    learned *sink* key with a zero value lets a query attend to nothing, so samples without
+    subjects (the unconditional branch of guidance) get exactly zero from this branch.
+    """
+
+    def __init__(self, dim: int, heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.heads = heads
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+        self.sink_k = nn.Parameter(torch.zeros(1, heads, 1, dim // heads))
+        self.gate = nn.Parameter(torch.zeros(dim))
+
+    def project(self, context: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keys/values of the static context (cacheable): (B, H, 1+Lc, D) x2 and mask (B, 1+Lc)."""
+        b = context.shape[0]
+        k = split_heads(self.norm_k(self.to_k(context)), self.heads)
+        v = split_heads(self.to_v(context), self.heads)
+        k = torch.cat([self.sink_k.expand(b, -1, -1, -1).to(k.dtype), k], 2)
+        v = torch.cat([v.new_zeros(b, self.heads, 1, v.shape[-1]), v], 2)
+        return k, v, torch.cat([mask.new_ones(b, 1), mask], 1)
+
+    def forward(self, q: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        # q (B, H, Lv, D) from the block's cross-attention -> gated (B, Lv, C), before to_out
+        k, v, mask = kv
+        return merge_heads(masked_attention(q, k.to(q.dtype), v.to(q.dtype), mask)) * self.gate.to(q.dtype)

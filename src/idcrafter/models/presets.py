@@ -1,0 +1,52 @@
+"""Model sizes, from `debug` (tests) to Wan2.1-14B. Recipes pick one by name.
+
+Each preset is the full config of `IDCrafterTransformer3DModel`; the Wan part of the real ones
+is diffusers' Wan2.1-T2V config, so `from_wan` maps those checkpoints onto them one to one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_WAN_COMMON: dict[str, Any] = dict(
+    patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
+    freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # tiny random model for unit tests (the DESIGN's known-good tiny Wan)
+    "debug": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+                  out_channels=4, text_dim=32, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+                  num_intra_layers=1, num_inter_layers=1, max_subjects=4, max_ref_tokens=64),
+    # the embedded default trained on SpriteWorld on a CPU: pixel codec with 2x2 space-to-depth
+    # (12 channels at 24x24 for 48x48 frames), 12x12 tokens per frame, 8x8 tokens per reference
+    "sprites": dict(patch_size=(1, 2, 2), num_attention_heads=3, attention_head_dim=64, in_channels=12,
+                    out_channels=12, text_dim=64, freq_dim=64, ffn_dim=768, num_layers=6, rope_max_seq_len=64,
+                    num_intra_layers=1, num_inter_layers=1, max_subjects=4, max_ref_tokens=64),
+    # the speed benchmark size of `idcrafter bench model`: dim 256, 6 layers, ffn 1024
+    "bench": dict(_WAN_COMMON, num_attention_heads=2, ffn_dim=1024, num_layers=6, rope_max_seq_len=64,
+                  num_intra_layers=2, num_inter_layers=2, max_subjects=4, max_ref_tokens=256),
+    "wan2.1-1.3b": dict(_WAN_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30,
+                        num_intra_layers=1, num_inter_layers=1, max_subjects=4, max_ref_tokens=4096,
+                        text_mode="t5+vlm", vlm_dim=3584),
+    "wan2.1-14b": dict(_WAN_COMMON, num_attention_heads=40, ffn_dim=13824, num_layers=40,
+                       num_intra_layers=1, num_inter_layers=1, max_subjects=4, max_ref_tokens=4096,
+                       text_mode="t5+vlm", vlm_dim=3584),
+}
+
+
+def preset(name: str, **overrides: Any) -> dict[str, Any]:
+    """The config of a named size, with overrides (e.g. subject_variant="concat")."""
+    from idcrafter.errors import InputError
+
+    if name not in PRESETS:
+        raise InputError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return {**PRESETS[name], **overrides}
+
+
+def wan_config(name: str) -> dict[str, Any]:
+    """The `WanTransformer3DModel` part of a preset (to build the matching plain Wan)."""
+    keys = ("patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels",
+            "text_dim", "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "rope_max_seq_len")
+    cfg = {**dict(patch_size=(1, 2, 2), cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6), **PRESETS[name]}
+    return {k: cfg[k] for k in keys if k in cfg}

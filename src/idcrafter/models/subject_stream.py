@@ -1,0 +1,93 @@
+"""The subject stream: reference tokens -> subject tokens S_1..S_N.
+
+It depends on neither the timestep nor the video, so it runs once per sample and its output is
+reused by every denoising step and both guidance branches (see `ConditionCache`).
+
+Variants (selected by `IDCrafterTransformer3DModel.config.subject_variant`), each a module:
+- `hierarchical` (the paper): intra-subject layers (each subject attends only to itself) then
+  inter-subject layers (subjects attend to each other and to the grounded text tokens).
+- `intra_only`: the ablation without the inter-subject stage.
+- `concat`: the baseline: reference tokens go straight into the blocks' context, unprocessed.
+In every variant tokens carry a learned position (within the reference) and slot embedding
+(which reference they came from), so ownership survives the flattening into one sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from idcrafter.models.attention import SubjectLayer
+
+
+class SubjectEmbedding(nn.Module):
+    """Adds position-in-reference and slot (ownership) embeddings to reference tokens."""
+
+    def __init__(self, dim: int, max_subjects: int, max_ref_tokens: int):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(1, 1, max_ref_tokens, dim) * 0.02)
+        self.slot = nn.Parameter(torch.randn(1, max_subjects, 1, dim) * 0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # tokens (B, K, L, C)
+        k, l = tokens.shape[1], tokens.shape[2]
+        if k > self.slot.shape[1] or l > self.pos.shape[2]:
+            raise ValueError(f"{k} subjects x {l} tokens exceed the model's {self.slot.shape[1]} x {self.pos.shape[2]}")
+        return tokens + self.pos[:, :, :l] + self.slot[:, :k]
+
+
+class ConcatStream(nn.Module):
+    """Baseline: no subject processing beyond the embeddings."""
+
+    def __init__(self, dim: int, heads: int, num_intra_layers: int = 0, num_inter_layers: int = 0):
+        super().__init__()
+
+    def forward(self, tokens, subject_mask, grounded, grounded_mask):
+        return tokens.flatten(1, 2)
+
+
+class IntraOnlyStream(nn.Module):
+    """Intra-subject stage only: each subject is its own sequence (block-diagonal attention)."""
+
+    def __init__(self, dim: int, heads: int, num_intra_layers: int = 1, num_inter_layers: int = 0):
+        super().__init__()
+        self.intra = nn.ModuleList(SubjectLayer(dim, heads) for _ in range(num_intra_layers))
+
+    def run_intra(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, k = tokens.shape[:2]
+        x = tokens.flatten(0, 1)  # (B*K, L, C): one sequence per subject
+        for layer in self.intra:
+            x = layer(x)
+        return x.unflatten(0, (b, k))
+
+    def forward(self, tokens, subject_mask, grounded, grounded_mask):
+        return self.run_intra(tokens).flatten(1, 2)
+
+
+class HierarchicalStream(IntraOnlyStream):
+    """Intra-subject, then inter-subject attention guided by the grounded text tokens."""
+
+    def __init__(self, dim: int, heads: int, num_intra_layers: int = 1, num_inter_layers: int = 1):
+        super().__init__(dim, heads, num_intra_layers)
+        self.inter = nn.ModuleList(SubjectLayer(dim, heads) for _ in range(num_inter_layers))
+
+    def forward(self, tokens, subject_mask, grounded, grounded_mask):
+        l = tokens.shape[2]
+        x = self.run_intra(tokens).flatten(1, 2)  # (B, K*L, C)
+        mask = subject_mask.repeat_interleave(l, dim=1)  # (B, K*L)
+        for layer in self.inter:
+            x = layer(x, mask, grounded, grounded_mask)
+        return x
+
+
+SUBJECT_STREAMS: dict[str, type[nn.Module]] = {
+    "hierarchical": HierarchicalStream,
+    "intra_only": IntraOnlyStream,
+    "concat": ConcatStream,
+}
+
+
+def build_subject_stream(variant: str, dim: int, heads: int, num_intra_layers: int, num_inter_layers: int) -> nn.Module:
+    if variant not in SUBJECT_STREAMS:
+        raise ValueError(f"unknown subject_variant {variant!r}; choose one of {sorted(SUBJECT_STREAMS)}")
+    return SUBJECT_STREAMS[variant](dim, heads, num_intra_layers, num_inter_layers)

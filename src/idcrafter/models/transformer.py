@@ -1,0 +1,326 @@
+"""IDCrafterTransformer3DModel: Wan2.1's video DiT plus the hierarchical subject stream.
+
+How it departs from Wan2.1 (diffusers' `WanTransformer3DModel`), and why:
+- Every Wan weight keeps its name and role; `from_wan` loads them strictly.
+- Each block gains a *subject branch*: video queries (the block's text cross-attention query,
+  computed once) attend to [subject tokens; grounded tokens] in a softmax of their own, added to
+  the text attention's output before its projection through a zero-initialised gate. So before
+  training the model *is* Wan, with or without subjects, and samples without subjects
+  (guidance's unconditional branch) get exactly zero from the branch (a learned sink key with a
+  zero value absorbs their attention).
+- Reference latents are patchified by Wan's own patch embedding, so subject tokens live in the
+  space of video tokens (copying appearance is easy to learn).
+- The subject stream and each block's key/value projections of the static context (text and
+  subjects) depend on neither timestep nor video: `build_condition_cache` computes them once per
+  sample and `forward(..., condition_cache=...)` reuses them at every step and for both guidance
+  branches.
+- How the prompt is encoded is `text_mode`: `t5` (Wan's), `vlm` (Qwen2.5-VL grounded tokens in
+  place of T5, projected to Wan's text width), `t5+vlm` (the paper's dual encoder: T5 feeds Wan's
+  cross-attention, VLM tokens guide the subject stream and join the subject branch's context).
+- Not supported: Wan's image-to-video variant (`image_dim` / added K/V), which this model replaces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import FP32LayerNorm
+from diffusers.models.transformers.transformer_wan import (
+    WanRotaryPosEmbed, WanTimeTextImageEmbedding, WanTransformerBlock,
+)
+from torch import nn
+
+from idcrafter.errors import InputError, MissingWeightsError
+from idcrafter.models.attention import SubjectBranch, merge_heads, split_heads
+from idcrafter.models.subject_stream import SubjectEmbedding, build_subject_stream
+
+TEXT_MODES = ("t5", "vlm", "t5+vlm")
+NEW_MODULE_PREFIXES = ("subject_embed.", "subject_stream.", "vlm_proj.", "vlm_to_text.")
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class ConditionCache:
+    """Everything static across denoising steps, for one (possibly CFG-doubled) batch.
+
+    text_kv[i]: block i's text keys/values, each (B, H, Lt, D).
+    subject_kv[i]: block i's subject-branch keys, values (B, H, 1+Ls, D) and key mask (B, 1+Ls),
+        or None when the batch has no subject inputs (then the branch is skipped: pure Wan).
+    dtype: the dtype of the projected text context (Wan casts the time embedding to it).
+    """
+
+    text_kv: list[KV]
+    subject_kv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None
+    batch_size: int
+    dtype: torch.dtype
+
+
+class IDCrafterBlock(WanTransformerBlock):
+    """A Wan block (same weights, same maths) with a subject branch after cross-attention."""
+
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, qk_norm: str, cross_attn_norm: bool, eps: float):
+        super().__init__(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps, None)
+        self.subject_branch = SubjectBranch(dim, num_heads, eps)
+
+    def text_kv(self, context: torch.Tensor) -> KV:
+        """Keys/values of the projected text context (B, L, C) -> (B, H, L, D) each."""
+        a = self.attn2
+        return split_heads(a.norm_k(a.to_k(context)), a.heads), split_heads(a.to_v(context), a.heads)
+
+    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor, rotary_emb, text_kv: KV,
+                subject_kv=None) -> torch.Tensor:
+        # hidden_states (B, L, C); temb (B, 6, C) or (B, L, 6, C)
+        table = self.scale_shift_table if temb.ndim == 3 else self.scale_shift_table.unsqueeze(0)
+        mods = (table + temb.float()).chunk(6, dim=temb.ndim - 2)
+        if temb.ndim == 4:
+            mods = tuple(m.squeeze(2) for m in mods)
+        shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = mods
+
+        # 1. self-attention (unchanged Wan)
+        norm = (self.norm1(hidden_states.float()) * (1 + scale_msa) + shift_msa).type_as(hidden_states)
+        attn = self.attn1(norm, None, None, rotary_emb)
+        hidden_states = (hidden_states.float() + attn * gate_msa).type_as(hidden_states)
+
+        # 2. cross-attention to text (Wan's maths with cached K/V) + the subject branch
+        a = self.attn2
+        norm = self.norm2(hidden_states.float()).type_as(hidden_states)
+        q = split_heads(a.norm_q(a.to_q(norm)), a.heads)  # (B, H, L, D)
+        k, v = text_kv
+        out = merge_heads(F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))).type_as(q)
+        if subject_kv is not None:
+            out = out + self.subject_branch(q, subject_kv).type_as(out)
+        hidden_states = hidden_states + a.to_out[1](a.to_out[0](out))
+
+        # 3. feed-forward (unchanged Wan)
+        norm = (self.norm3(hidden_states.float()) * (1 + c_scale) + c_shift).type_as(hidden_states)
+        ff = self.ffn(norm)
+        return (hidden_states.float() + ff.float() * c_gate).type_as(hidden_states)
+
+
+class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
+    """Wan2.1 DiT + subject stream. `forward` takes Wan's arguments plus subject inputs."""
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["IDCrafterBlock"]
+    _keep_in_fp32_modules = ["rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3"]
+    _skip_layerwise_casting_patterns = ["patch_embedding", "condition_embedder", "norm"]
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: tuple[int, ...] = (1, 2, 2),
+        num_attention_heads: int = 12,
+        attention_head_dim: int = 128,
+        in_channels: int = 16,
+        out_channels: int = 16,
+        text_dim: int = 4096,
+        freq_dim: int = 256,
+        ffn_dim: int = 8960,
+        num_layers: int = 30,
+        cross_attn_norm: bool = True,
+        qk_norm: str | None = "rms_norm_across_heads",
+        eps: float = 1e-6,
+        rope_max_seq_len: int = 1024,
+        subject_variant: str = "hierarchical",
+        num_intra_layers: int = 1,
+        num_inter_layers: int = 1,
+        max_subjects: int = 4,
+        max_ref_tokens: int = 1024,
+        text_mode: str = "t5",
+        vlm_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        if text_mode not in TEXT_MODES:
+            raise ValueError(f"text_mode must be one of {TEXT_MODES}, got {text_mode!r}")
+        if text_mode != "t5" and not vlm_dim:
+            raise ValueError(f"text_mode {text_mode!r} needs vlm_dim (the VLM's hidden size)")
+        dim = num_attention_heads * attention_head_dim
+        self.rope = WanRotaryPosEmbed(attention_head_dim, patch_size, rope_max_seq_len)
+        self.patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.condition_embedder = WanTimeTextImageEmbedding(dim, freq_dim, dim * 6, text_dim)
+        self.blocks = nn.ModuleList(
+            IDCrafterBlock(dim, ffn_dim, num_attention_heads, qk_norm, cross_attn_norm, eps) for _ in range(num_layers))
+        self.norm_out = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.proj_out = nn.Linear(dim, (out_channels or in_channels) * math.prod(patch_size))
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        # new modules
+        self.subject_embed = SubjectEmbedding(dim, max_subjects, max_ref_tokens)
+        self.subject_stream = build_subject_stream(subject_variant, dim, num_attention_heads,
+                                                   num_intra_layers, num_inter_layers)
+        self.vlm_proj = nn.Linear(vlm_dim, dim) if text_mode != "t5" else None
+        self.vlm_to_text = nn.Linear(vlm_dim, text_dim) if text_mode == "vlm" else None
+        self.gradient_checkpointing = False
+
+    # ------------------------------------------------------------------ conditions
+    def text_context(self, encoder_hidden_states: torch.Tensor | None, grounded_hidden_states: torch.Tensor | None) -> torch.Tensor:
+        """Wan's projected text context (B, Lt, C); in `vlm` mode it is made from VLM tokens."""
+        if self.config.text_mode == "vlm":
+            if grounded_hidden_states is None:
+                raise InputError("text_mode 'vlm' needs grounded_hidden_states (the VLM's tokens)")
+            encoder_hidden_states = self.vlm_to_text(grounded_hidden_states)
+        if encoder_hidden_states is None:
+            raise InputError("encoder_hidden_states (the T5 prompt embedding) is required")
+        return self.condition_embedder.text_embedder(encoder_hidden_states)
+
+    def subject_tokens(self, subject_latents: torch.Tensor, subject_mask: torch.Tensor | None,
+                       grounded: torch.Tensor, grounded_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference latents (B, K, C, 1, h, w) -> subject tokens (B, K*L, dim) and mask (B, K*L)."""
+        if subject_latents.ndim != 6:
+            raise InputError(f"subject_latents must be (B, K, C, 1, h, w), got shape {tuple(subject_latents.shape)}")
+        b, k = subject_latents.shape[:2]
+        if k > self.config.max_subjects:
+            raise InputError(f"{k} references given; this model supports at most {self.config.max_subjects}")
+        if subject_mask is None:
+            subject_mask = torch.ones(b, k, dtype=torch.bool, device=subject_latents.device)
+        x = self.patch_embedding(subject_latents.flatten(0, 1).to(self.patch_embedding.weight.dtype))
+        x = x.flatten(2).transpose(1, 2).unflatten(0, (b, k))  # (B, K, L, C)
+        x = self.subject_embed(x)
+        s = self.subject_stream(x, subject_mask, grounded, grounded_mask)
+        return s, subject_mask.repeat_interleave(x.shape[2], dim=1)
+
+    def build_condition_cache(
+        self,
+        encoder_hidden_states: torch.Tensor | None,
+        subject_latents: torch.Tensor | None = None,
+        subject_mask: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        grounded_hidden_states: torch.Tensor | None = None,
+        grounded_mask: torch.Tensor | None = None,
+    ) -> ConditionCache:
+        """Compute the static per-sample conditions once (see `ConditionCache`)."""
+        context = self.text_context(encoder_hidden_states, grounded_hidden_states)  # (B, Lt, C)
+        text_kv = [blk.text_kv(context) for blk in self.blocks]
+        subject_kv = None
+        if subject_latents is not None:
+            b = context.shape[0]
+            if self.config.text_mode == "t5":
+                g = context
+                gm = encoder_attention_mask if encoder_attention_mask is not None else \
+                    torch.ones(b, g.shape[1], dtype=torch.bool, device=g.device)
+            else:
+                g = self.vlm_proj(grounded_hidden_states)
+                gm = grounded_mask if grounded_mask is not None else \
+                    torch.ones(b, g.shape[1], dtype=torch.bool, device=g.device)
+            s, sm = self.subject_tokens(subject_latents, subject_mask, g, gm.bool())
+            ctx, ctx_mask = torch.cat([s, g.to(s.dtype)], 1), torch.cat([sm, gm.bool()], 1)
+            subject_kv = [blk.subject_branch.project(ctx, ctx_mask) for blk in self.blocks]
+        return ConditionCache(text_kv, subject_kv, context.shape[0], context.dtype)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_hidden_states_image: torch.Tensor | None = None,
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        *,
+        subject_latents: torch.Tensor | None = None,
+        subject_mask: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        grounded_hidden_states: torch.Tensor | None = None,
+        grounded_mask: torch.Tensor | None = None,
+        condition_cache: ConditionCache | None = None,
+    ) -> torch.Tensor | Transformer2DModelOutput:
+        """Wan's forward (hidden_states (B, C, F, H, W), timestep (B,) or (B, L), T5 tokens) plus
+        subject inputs, or a prebuilt `condition_cache` in place of all conditions."""
+        if encoder_hidden_states_image is not None:
+            raise InputError("encoder_hidden_states_image (Wan I2V) is not supported; pass references as subject_latents")
+        cache = condition_cache or self.build_condition_cache(
+            encoder_hidden_states, subject_latents, subject_mask, encoder_attention_mask,
+            grounded_hidden_states, grounded_mask)
+        b, _, f, h, w = hidden_states.shape
+        if cache.batch_size != b:
+            raise InputError(f"condition cache was built for batch {cache.batch_size}, got latents of batch {b}")
+        p_t, p_h, p_w = self.config.patch_size
+        rotary_emb = self.rope(hidden_states)
+        x = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # (B, L, C)
+        temb, timestep_proj = self._time_embedding(timestep, cache.dtype)
+        for i, block in enumerate(self.blocks):
+            skv = cache.subject_kv[i] if cache.subject_kv is not None else None
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x = self._gradient_checkpointing_func(block, x, timestep_proj, rotary_emb, cache.text_kv[i], skv)
+            else:
+                x = block(x, timestep_proj, rotary_emb, cache.text_kv[i], skv)
+        if temb.ndim == 3:
+            shift, scale = (self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
+            shift, scale = shift.squeeze(2), scale.squeeze(2)
+        else:
+            shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+        x = (self.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
+        x = self.proj_out(x)
+        x = x.reshape(b, f // p_t, h // p_h, w // p_w, p_t, p_h, p_w, -1)
+        out = x.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)  # (B, C, F, H, W)
+        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+
+    def _time_embedding(self, timestep: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Wan's time embedding: temb (B, C) or (B, L, C) and its 6-way projection."""
+        ce = self.condition_embedder
+        seq_len = timestep.shape[1] if timestep.ndim == 2 else None
+        t = ce.timesteps_proj(timestep.flatten())
+        if seq_len is not None:
+            t = t.unflatten(0, (-1, seq_len))
+        t = t.to(next(iter(ce.time_embedder.parameters())).dtype)
+        temb = ce.time_embedder(t).to(dtype)
+        proj = ce.time_proj(ce.act_fn(temb))
+        return temb, proj.unflatten(2, (6, -1)) if seq_len is not None else proj.unflatten(1, (6, -1))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_wan(cls, wan: Any, **subject_config: Any) -> "IDCrafterTransformer3DModel":
+        """Build from a diffusers `WanTransformer3DModel` (instance or local folder): every base
+        weight is loaded strictly; new modules are added (subject-branch keys/values start as
+        copies of the text cross-attention's, outputs at zero, so the result equals Wan)."""
+        from diffusers import WanTransformer3DModel
+
+        if not isinstance(wan, WanTransformer3DModel):
+            path = Path(wan)
+            if not (path / "config.json").is_file() and not (path / "transformer" / "config.json").is_file():
+                raise MissingWeightsError(
+                    f"no Wan transformer at {path}: put a diffusers-format WanTransformer3DModel there "
+                    f"(config.json + safetensors), e.g. the transformer/ folder of Wan2.1-T2V-1.3B-Diffusers")
+            sub = "transformer" if (path / "transformer" / "config.json").is_file() else None
+            wan = WanTransformer3DModel.from_pretrained(path, subfolder=sub, local_files_only=True)
+        cfg = dict(wan.config)
+        if cfg.get("image_dim") or cfg.get("added_kv_proj_dim"):
+            raise InputError("Wan image-to-video checkpoints are not supported: use a text-to-video Wan2.1")
+        base = {k: cfg[k] for k in ("patch_size", "num_attention_heads", "attention_head_dim", "in_channels",
+                                    "out_channels", "text_dim", "freq_dim", "ffn_dim", "num_layers",
+                                    "cross_attn_norm", "qk_norm", "eps", "rope_max_seq_len")}
+        base["patch_size"] = tuple(base["patch_size"])
+        model = cls(**base, **subject_config)
+        dtype = next(wan.parameters()).dtype
+        if dtype != torch.float32:  # keep Wan's fp32 modules (norms, time embedder) in fp32
+            model = model.to(dtype)
+            for name in cls._keep_in_fp32_modules:
+                for mod_name, mod in model.named_modules():
+                    if mod_name.split(".")[-1] == name:
+                        mod.float()
+            for p in (model.scale_shift_table, *(b.scale_shift_table for b in model.blocks)):
+                p.data = p.data.float()
+        missing, unexpected = model.load_state_dict(wan.state_dict(), strict=False)
+        bad = [k for k in missing if not (k.startswith(NEW_MODULE_PREFIXES) or ".subject_branch." in k)]
+        if unexpected or bad:
+            raise RuntimeError(f"Wan weights did not map onto the model: unexpected={unexpected[:5]} missing={bad[:5]}")
+        with torch.no_grad():
+            for blk in model.blocks:
+                blk.subject_branch.to_k.load_state_dict(blk.attn2.to_k.state_dict())
+                blk.subject_branch.to_v.load_state_dict(blk.attn2.to_v.state_dict())
+                blk.subject_branch.norm_k.load_state_dict(blk.attn2.norm_k.state_dict())
+        return model
+
+    def new_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters that are not Wan's (what `from_wan` adds)."""
+        return {n: p for n, p in self.named_parameters()
+                if n.startswith(NEW_MODULE_PREFIXES) or ".subject_branch." in n}

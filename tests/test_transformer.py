@@ -1,0 +1,173 @@
+"""IDCrafterTransformer3DModel: parity with Wan, subject stream properties, cache, round trip."""
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+
+from idcrafter.errors import InputError
+from idcrafter.models.presets import preset, wan_config
+from idcrafter.models.transformer import IDCrafterTransformer3DModel
+
+VARIANTS = ["hierarchical", "intra_only", "concat"]
+
+
+def tiny_wan(seed=0) -> WanTransformer3DModel:
+    torch.manual_seed(seed)
+    wan = WanTransformer3DModel(**wan_config("debug")).eval()
+    for p in wan.parameters():  # far from init, so parity is not a coincidence of zeros
+        p.data.normal_(0, 0.2)
+    return wan
+
+
+def inputs(b=2, k=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 4, 3, 8, 8, generator=g)
+    t = torch.tensor([700.0, 30.0][:b])
+    txt = torch.randn(b, 7, 32, generator=g)
+    refs = torch.randn(b, k, 4, 1, 8, 8, generator=g)
+    return x, t, txt, refs
+
+
+def perturb_new(model, scale=0.3):
+    """Simulate training: move the zero-initialised gates so subjects matter."""
+    torch.manual_seed(5)
+    for name, p in model.new_parameters().items():
+        if name.endswith("gate") or name.endswith("sink_k"):
+            p.data.normal_(0, scale)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_parity_with_wan_at_initialisation(variant):
+    wan = tiny_wan()
+    model = IDCrafterTransformer3DModel.from_wan(wan, subject_variant=variant, max_ref_tokens=64).eval()
+    x, t, txt, refs = inputs()
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        ref_out = wan(x, t, txt).sample
+        assert (model(x, t, txt).sample - ref_out).abs().max() <= 1e-6
+        out = model(x, t, txt, subject_latents=refs, subject_mask=mask).sample
+        assert (out - ref_out).abs().max() <= 1e-6
+        tok_t = torch.full((2, 3 * 4 * 4), 400.0)  # per-token timesteps (Wan 2.2 style) pass through
+        assert (model(x, tok_t, txt, subject_latents=refs).sample - wan(x, tok_t, txt).sample).abs().max() <= 1e-6
+
+
+def test_from_wan_folder_and_missing_folder(tmp_path):
+    wan = tiny_wan()
+    wan.save_pretrained(tmp_path / "transformer")
+    model = IDCrafterTransformer3DModel.from_wan(tmp_path).eval()
+    x, t, txt, _ = inputs()
+    with torch.no_grad():
+        assert (model(x, t, txt).sample - wan(x, t, txt).sample).abs().max() <= 1e-6
+    with pytest.raises(InputError, match="no Wan transformer"):
+        IDCrafterTransformer3DModel.from_wan(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_one_to_n_subjects_in_one_batch_and_padding_is_invisible(variant):
+    model = IDCrafterTransformer3DModel(**preset("debug", subject_variant=variant)).eval()
+    perturb_new(model)
+    x, t, txt, refs = inputs(b=2, k=3)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        out = model(x, t, txt, subject_latents=refs, subject_mask=mask).sample
+        assert out.shape == x.shape
+        # sample 1 with its single subject, alone and unpadded, gives the same output
+        alone = model(x[1:], t[1:], txt[1:], subject_latents=refs[1:, :1]).sample
+        assert torch.allclose(out[1:], alone, atol=1e-5)
+        # garbage in a padded slot changes nothing
+        refs2 = refs.clone()
+        refs2[1, 2] = 100.0
+        assert torch.allclose(out, model(x, t, txt, subject_latents=refs2, subject_mask=mask).sample, atol=1e-6)
+
+
+def test_intra_stage_of_a_is_unchanged_when_b_changes_but_inter_stage_mixes():
+    model = IDCrafterTransformer3DModel(**preset("debug")).eval()
+    x, t, txt, refs = inputs(b=1, k=2)
+    refs_b = refs.clone()
+    refs_b[0, 1].normal_()
+
+    def stages(r):
+        tok = model.patch_embedding(r.flatten(0, 1)).flatten(2).transpose(1, 2).unflatten(0, (1, 2))
+        tok = model.subject_embed(tok)
+        intra = model.subject_stream.run_intra(tok)
+        ctx = model.condition_embedder.text_embedder(txt)
+        full = model.subject_stream(tok, torch.ones(1, 2, dtype=torch.bool), ctx, torch.ones(1, 7, dtype=torch.bool))
+        return intra, full
+
+    with torch.no_grad():
+        (i1, f1), (i2, f2) = stages(refs), stages(refs_b)
+    n = i1.shape[2]
+    assert torch.equal(i1[:, 0], i2[:, 0])  # subject A's intra-subject tokens: untouched
+    assert not torch.allclose(f1[:, :n], f2[:, :n])  # inter-subject stage lets A see B
+
+
+def test_gradients_reach_every_new_parameter():
+    model = IDCrafterTransformer3DModel(**preset("debug", text_mode="t5+vlm", vlm_dim=24))
+    perturb_new(model)
+    x, t, txt, refs = inputs()
+    vlm = torch.randn(2, 5, 24)
+    out = model(x, t, txt, subject_latents=refs, grounded_hidden_states=vlm).sample
+    out.square().mean().backward()
+    missing = [n for n, p in model.new_parameters().items() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, missing
+
+
+def test_condition_cache_matches_uncached_path():
+    model = IDCrafterTransformer3DModel(**preset("debug")).eval()
+    perturb_new(model)
+    x, t, txt, refs = inputs()
+    with torch.no_grad():
+        cache = model.build_condition_cache(txt, refs)
+        a = model(x, t, condition_cache=cache).sample
+        b = model(x, t, txt, subject_latents=refs).sample
+        c = model(x * 0.5, t * 0.3, condition_cache=cache).sample  # reused at another step
+        d = model(x * 0.5, t * 0.3, txt, subject_latents=refs).sample
+    assert torch.equal(a, b) and torch.equal(c, d)
+
+
+@pytest.mark.parametrize("mode", ["vlm", "t5+vlm"])
+def test_text_modes(mode):
+    model = IDCrafterTransformer3DModel(**preset("debug", text_mode=mode, vlm_dim=24)).eval()
+    perturb_new(model)
+    x, t, txt, refs = inputs()
+    vlm = torch.randn(2, 5, 24)
+    with torch.no_grad():
+        out = model(x, t, None if mode == "vlm" else txt, subject_latents=refs, grounded_hidden_states=vlm,
+                    grounded_mask=torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)).sample
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    if mode == "vlm":  # VLM tokens replace T5: without them there is no prompt
+        with pytest.raises(InputError, match="grounded_hidden_states"):
+            model(x, t, txt)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = IDCrafterTransformer3DModel(**preset("debug", subject_variant="intra_only")).eval()
+    perturb_new(model)
+    model.save_pretrained(tmp_path)
+    back = IDCrafterTransformer3DModel.from_pretrained(tmp_path).eval()
+    assert back.config.subject_variant == "intra_only"
+    x, t, txt, refs = inputs()
+    with torch.no_grad():
+        assert torch.equal(model(x, t, txt, subject_latents=refs).sample, back(x, t, txt, subject_latents=refs).sample)
+
+
+def test_bad_subject_inputs_fail_clearly():
+    model = IDCrafterTransformer3DModel(**preset("debug")).eval()
+    x, t, txt, _ = inputs()
+    with pytest.raises(InputError, match="at most 4"):
+        model(x, t, txt, subject_latents=torch.randn(2, 5, 4, 1, 8, 8))
+    with pytest.raises(InputError, match=r"\(B, K, C, 1, h, w\)"):
+        model(x, t, txt, subject_latents=torch.randn(2, 4, 1, 8, 8))
+
+
+@pytest.mark.parametrize("name,billions", [("wan2.1-1.3b", 1.42), ("wan2.1-14b", 14.29)])
+def test_real_presets_on_meta_device(name, billions):
+    with torch.device("meta"):
+        model = IDCrafterTransformer3DModel(**preset(name))
+        wan = WanTransformer3DModel(**wan_config(name))
+    base = sum(p.numel() for p in wan.parameters())
+    assert abs(base / 1e9 - billions) < 0.01
+    total = sum(p.numel() for p in model.parameters())
+    new = sum(p.numel() for p in model.new_parameters().values())
+    assert total == base + new
+    assert set(wan.state_dict()) <= set(model.state_dict())
