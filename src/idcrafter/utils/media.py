@@ -58,8 +58,9 @@ def resize_video(video: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(f, (w, h), interpolation=interp) for f in video])
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from any PIL-readable image (RGBA composited on white, L, CMYK, ...)."""
+def load_image(path: str | Path, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from any PIL-readable image (transparency composited on `background`;
+    L, CMYK, P, ... converted)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"reference image not found: {path} (check the path passed to --ref)")
@@ -68,7 +69,7 @@ def load_image(path: str | Path) -> np.ndarray:
             im.load()
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 rgba = im.convert("RGBA")
-                bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                bg = Image.new("RGBA", rgba.size, (*background, 255))
                 im = Image.alpha_composite(bg, rgba)
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:

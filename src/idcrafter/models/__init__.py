@@ -1,0 +1,1 @@
+"""Generator models: transformer, subject stream, attention and video codecs."""
