@@ -178,7 +178,7 @@ class WanVAECodec(Codec):
         return video.float()  # (B, 3, F, H, W)
 
 
-class PixelCodec(ModelMixin, ConfigMixin, Codec):
+class PixelCodec(ModelMixin, Codec, ConfigMixin):
     """Identity codec for SpriteWorld: latents are the pixels in [-1, 1].
 
     A diffusers `ModelMixin`/`ConfigMixin`, so a pipeline saves and loads it like any model.
