@@ -25,7 +25,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                     num_intra_layers=1, num_inter_layers=1, max_subjects=4, max_ref_tokens=64),
     # the speed benchmark size of `idcrafter bench model`: dim 256, 6 layers, ffn 1024
     "bench": dict(_WAN_COMMON, num_attention_heads=2, ffn_dim=1024, num_layers=6, rope_max_seq_len=64,
-                  num_intra_layers=2, num_inter_layers=2, max_subjects=4, max_ref_tokens=256),
+                  num_intra_layers=1, num_inter_layers=1, max_subjects=4, max_ref_tokens=256),
     "wan2.1-1.3b": dict(_WAN_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30,
                         num_intra_layers=1, num_inter_layers=1, max_subjects=4, max_ref_tokens=4096,
                         text_mode="t5+vlm", vlm_dim=3584),

@@ -8,6 +8,9 @@ Variants (selected by `IDCrafterTransformer3DModel.config.subject_variant`), eac
   inter-subject layers (subjects attend to each other and to the grounded text tokens).
 - `intra_only`: the ablation without the inter-subject stage.
 - `concat`: the baseline: reference tokens go straight into the blocks' context, unprocessed.
+In `t5` mode the hierarchical variants give the blocks' subject branch the subject tokens
+alone (T5 already reaches the video through Wan's cross-attention and guides the inter-subject
+stage); `concat` puts subject and text tokens into one context, as the baseline is defined.
 In every variant tokens carry a learned position (within the reference) and slot embedding
 (which reference they came from), so ownership survives the flattening into one sequence.
 """
@@ -37,7 +40,9 @@ class SubjectEmbedding(nn.Module):
 
 
 class ConcatStream(nn.Module):
-    """Baseline: no subject processing beyond the embeddings."""
+    """Baseline: no subject processing; subject tokens join the text tokens in one flat context."""
+
+    joins_text_context = True
 
     def __init__(self, dim: int, heads: int, num_intra_layers: int = 0, num_inter_layers: int = 0):
         super().__init__()
@@ -48,6 +53,8 @@ class ConcatStream(nn.Module):
 
 class IntraOnlyStream(nn.Module):
     """Intra-subject stage only: each subject is its own sequence (block-diagonal attention)."""
+
+    joins_text_context = False  # the text reaches video tokens through Wan's own cross-attention
 
     def __init__(self, dim: int, heads: int, num_intra_layers: int = 1, num_inter_layers: int = 0):
         super().__init__()

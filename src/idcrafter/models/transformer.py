@@ -212,7 +212,9 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 gm = grounded_mask if grounded_mask is not None else \
                     torch.ones(b, g.shape[1], dtype=torch.bool, device=g.device)
             s, sm = self.subject_tokens(subject_latents, subject_mask, g, gm.bool())
-            ctx, ctx_mask = torch.cat([s, g.to(s.dtype)], 1), torch.cat([sm, gm.bool()], 1)
+            ctx, ctx_mask = s, sm
+            if self.config.text_mode != "t5" or self.subject_stream.joins_text_context:
+                ctx, ctx_mask = torch.cat([s, g.to(s.dtype)], 1), torch.cat([sm, gm.bool()], 1)
             subject_kv = [blk.subject_branch.project(ctx, ctx_mask) for blk in self.blocks]
         return ConditionCache(text_kv, subject_kv, context.shape[0], context.dtype)
 

@@ -1,0 +1,139 @@
+"""Speed benchmarks: ratios measured side by side in one run (never timed assertions).
+
+`bench_model` (`idcrafter bench model`) on a fixed size: dim 256 (2 heads x 128), 6 layers,
+ffn 1024, 768 video tokens (latents 16 x 3 x 32 x 32, patch 1x2x2), T5 context 512 x 4096,
+3 references of 8 x 8 tokens each (a reference is ~10% of the video's tokens, as a 512 px
+reference is next to an 81-frame 480p clip), batch 2, fp32.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from idcrafter import sampling
+
+
+def gemm_peak_gflops(n: int = 1024, repeats: int = 20) -> float:
+    """fp32 matmul throughput (GFLOP/s) on this machine with the current thread count."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median time of each function, runs interleaved so drifts in machine load hit all alike."""
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def bench_inputs(batch: int = 2, refs: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "x": torch.randn(batch, 16, 3, 32, 32, generator=g),  # 3 x 16 x 16 = 768 tokens
+        "t": torch.full((batch,), 500.0),
+        "txt": torch.randn(batch, 512, 4096, generator=g),
+        "refs": torch.randn(batch, refs, 16, 1, 16, 16, generator=g),  # 8 x 8 tokens each
+    }
+
+
+def _models(seed: int = 0):
+    from diffusers import WanTransformer3DModel
+
+    from idcrafter.models.presets import preset, wan_config
+    from idcrafter.models.transformer import IDCrafterTransformer3DModel
+
+    torch.manual_seed(seed)
+    wan = WanTransformer3DModel(**wan_config("bench")).eval()
+    cfg = {k: v for k, v in preset("bench").items() if k not in wan_config("bench")}
+    model = IDCrafterTransformer3DModel.from_wan(wan, **cfg).eval()
+    with torch.no_grad():  # trained-looking gates so the subject branch really runs
+        for blk in model.blocks:
+            blk.subject_branch.gate.normal_(0, 0.1)
+    return wan, model
+
+
+@torch.no_grad()
+def _sampling_speedup(model, inp: dict, steps: int, guidance: float) -> dict[str, float]:
+    """50-step CFG sampling, with the condition cache (the pipeline's path) vs recomputing all."""
+    from idcrafter.pipeline import Conditions, make_velocity_fn
+
+    b = inp["x"].shape[0]
+    txt2 = torch.cat([inp["txt"], torch.zeros_like(inp["txt"])])
+    refs2 = torch.cat([inp["refs"], torch.zeros_like(inp["refs"])])
+    mask2 = torch.cat([torch.ones(b, inp["refs"].shape[1], dtype=torch.bool),
+                       torch.zeros(b, inp["refs"].shape[1], dtype=torch.bool)])
+    sigmas = sampling.sigma_schedule(steps, shift=3.0)
+
+    def cached():
+        cond = Conditions(model.build_condition_cache(txt2, refs2, mask2), b, True)
+        return sampling.sample(make_velocity_fn(model, cond, guidance), inp["x"], sigmas).latents
+
+    def uncached():
+        def model_fn(x, sigma, branches):
+            return model(x, sampling.sigma_to_timestep(sigma), txt2, subject_latents=refs2, subject_mask=mask2).sample
+        return sampling.sample(lambda x, s: sampling.guided_velocity(model_fn, x, s, guidance), inp["x"], sigmas).latents
+
+    t = _interleaved({"cached": cached, "uncached": uncached}, repeats=2)
+    diff = (cached() - uncached()).abs().max().item()
+    return {"cache_speedup": t["uncached"] / t["cached"], "cache_max_abs_diff": diff,
+            "sampling_s_cached": t["cached"], "sampling_s_uncached": t["uncached"], "sampling_steps": steps}
+
+
+@torch.no_grad()
+def bench_model(steps: int = 50, repeats: int = 10, guidance: float = 2.5) -> dict[str, float]:
+    """All figures of `idcrafter bench model` (see the module docstring for the size)."""
+    wan, model = _models()
+    inp = bench_inputs()
+    peak = gemm_peak_gflops()
+    wan_fwd = lambda: wan(inp["x"], inp["t"], inp["txt"]).sample  # noqa: E731
+    ours_fwd = lambda: model(inp["x"], inp["t"], inp["txt"], subject_latents=inp["refs"]).sample  # noqa: E731
+    cache = model.build_condition_cache(inp["txt"], inp["refs"])
+    ours_step = lambda: model(inp["x"], inp["t"], condition_cache=cache).sample  # noqa: E731
+    t = _interleaved({"wan": wan_fwd, "ours": ours_fwd, "ours_cached": ours_step}, repeats)
+    flops = count_flops(ours_fwd)
+    out = {
+        "forward_ratio_vs_wan": t["ours"] / t["wan"],
+        "cached_step_ratio_vs_wan": t["ours_cached"] / t["wan"],
+        "forward_ms_wan": 1e3 * t["wan"], "forward_ms_ours": 1e3 * t["ours"],
+        "forward_gflop": flops / 1e9, "gemm_peak_gflops": peak,
+        "gemm_fraction": flops / t["ours"] / 1e9 / peak,
+        "wan_gemm_fraction": count_flops(wan_fwd) / t["wan"] / 1e9 / peak,
+        "threads": torch.get_num_threads(),
+    }
+    out.update(_sampling_speedup(model, inp, steps, guidance))
+    return out
