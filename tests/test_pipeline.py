@@ -100,3 +100,24 @@ def test_generate_cli(pipe, example, tmp_path):
     assert (tmp_path / "o.mp4").stat().st_size > 0 and (tmp_path / "o_sheet.png").is_file()
     bad = subprocess.run(cmd[:5] + [str(tmp_path)] + cmd[6:], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "not a pipeline folder" in bad.stderr
+
+
+def test_vision_backbone_subject_encoder(example, tmp_path):
+    from idcrafter.encoders.subject import VisionSubjectEncoder
+
+    enc = VisionSubjectEncoder.tiny()
+    p = build_pipeline("debug", PixelCodec(3, 2), TextEncoder.tiny(32, max_length=32), subject_encoder=enc)
+    p.set_progress_bar_config(disable=True)
+    assert p.transformer.config.subject_feature_dim == enc.dim
+    out = run(p, example)
+    assert out.shape == (1, 3, 48, 48, 3)
+    p.save_pretrained(tmp_path)
+    back = IDCrafterPipeline.from_pretrained(str(tmp_path))
+    back.set_progress_bar_config(disable=True)
+    assert np.array_equal(out, run(back, example))
+    enc.model.save_pretrained(tmp_path / "clip")
+    assert VisionSubjectEncoder.from_pretrained(tmp_path / "clip").dim == enc.dim
+    from idcrafter.errors import MissingWeightsError
+
+    with pytest.raises(MissingWeightsError, match="vision backbone"):
+        VisionSubjectEncoder.from_pretrained(tmp_path / "none")

@@ -23,6 +23,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
 from idcrafter import sampling
 from idcrafter.encoders.references import prepare_reference
+from idcrafter.encoders.subject import CLIP_MEAN, CLIP_STD
 from idcrafter.errors import InputError
 from idcrafter.models.codecs import Codec, WanVAECodec
 from idcrafter.models.transformer import ConditionCache, IDCrafterTransformer3DModel
@@ -50,18 +51,22 @@ class IDCrafterPipelineOutput:
 
 class IDCrafterPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->vlm->transformer->vae"
-    _optional_components = ["vlm", "vlm_tokenizer", "vlm_processor"]
+    _optional_components = ["vlm", "vlm_tokenizer", "vlm_processor", "subject_encoder"]
 
     def __init__(self, transformer: IDCrafterTransformer3DModel, vae, text_encoder, tokenizer,
                  scheduler: FlowMatchEulerDiscreteScheduler, vlm=None, vlm_tokenizer=None, vlm_processor=None,
-                 default_height: int = 480, default_width: int = 832, default_frames: int = 81,
-                 reference_size: int = 512, max_sequence_length: int = 512, vlm_layer: int = -1):
+                 subject_encoder=None, default_height: int = 480, default_width: int = 832,
+                 default_frames: int = 81, reference_size: int = 512, max_sequence_length: int = 512,
+                 vlm_layer: int = -1, subject_image_mean: tuple = CLIP_MEAN, subject_image_std: tuple = CLIP_STD):
         super().__init__()
         self.register_modules(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                              scheduler=scheduler, vlm=vlm, vlm_tokenizer=vlm_tokenizer, vlm_processor=vlm_processor)
+                              scheduler=scheduler, vlm=vlm, vlm_tokenizer=vlm_tokenizer, vlm_processor=vlm_processor,
+                              subject_encoder=subject_encoder)
         self.register_to_config(default_height=default_height, default_width=default_width,
                                 default_frames=default_frames, reference_size=reference_size,
-                                max_sequence_length=max_sequence_length, vlm_layer=vlm_layer)
+                                max_sequence_length=max_sequence_length, vlm_layer=vlm_layer,
+                                subject_image_mean=tuple(subject_image_mean),
+                                subject_image_std=tuple(subject_image_std))
 
     # ------------------------------------------------------------------ wrappers
     @property
@@ -99,8 +104,18 @@ class IDCrafterPipeline(DiffusionPipeline):
             prepared.append([prepare_reference(r, self.config.reference_size) for r in refs])
         k = max(len(r) for r in prepared)
         device = self.transformer.device
-        imgs = [torch.from_numpy(np.stack(r)).permute(0, 3, 1, 2).float().div(127.5).sub(1) for r in prepared]
-        lat = [self.codec.encode_image(i.to(device)) for i in imgs]  # each (K_b, C, 1, h, w)
+        if self.transformer.config.subject_feature_dim:  # vision-backbone tokens, (K_b, L, D) each
+            if self.subject_encoder is None:
+                raise InputError("this transformer reads vision features of references but the pipeline "
+                                 "has no subject_encoder: pass one (a CLIP/SigLIP/DINOv2 vision model)")
+            from idcrafter.encoders.subject import VisionSubjectEncoder
+
+            enc = VisionSubjectEncoder(self.subject_encoder, self.config.subject_image_mean,
+                                       self.config.subject_image_std)
+            lat = [enc.encode(np.stack(r)).to(device) for r in prepared]
+        else:
+            imgs = [torch.from_numpy(np.stack(r)).permute(0, 3, 1, 2).float().div(127.5).sub(1) for r in prepared]
+            lat = [self.codec.encode_image(i.to(device)) for i in imgs]  # each (K_b, C, 1, h, w)
         out = lat[0].new_zeros((len(lat), k, *lat[0].shape[1:]))
         mask = torch.zeros(len(lat), k, dtype=torch.bool, device=device)
         for b, z in enumerate(lat):
@@ -201,7 +216,8 @@ def _cache_rows(cache: ConditionCache, n: int) -> ConditionCache:
     return ConditionCache([tuple(t[:n] for t in kv) for kv in cache.text_kv], subject, n, cache.dtype)
 
 
-def build_pipeline(preset_name: str, codec: Codec, text_encoder, vlm=None, *, default_height: int = 48,
+def build_pipeline(preset_name: str, codec: Codec, text_encoder, vlm=None, subject_encoder=None, *,
+                   default_height: int = 48,
                    default_width: int = 48, default_frames: int = 9, reference_size: int = 32,
                    shift: float = 3.0, **overrides) -> IDCrafterPipeline:
     """A new pipeline around a fresh transformer of `preset_name`, sized to its encoders.
@@ -217,6 +233,8 @@ def build_pipeline(preset_name: str, codec: Codec, text_encoder, vlm=None, *, de
         if vlm is None:
             raise InputError(f"text_mode {cfg['text_mode']!r} needs a VLM")
         cfg["vlm_dim"] = vlm.dim
+    if subject_encoder is not None:
+        cfg["subject_feature_dim"] = subject_encoder.dim
     transformer = IDCrafterTransformer3DModel(**cfg)
     vae = codec if not isinstance(codec, WanVAECodec) else codec.vae
     with warnings.catch_warnings():
@@ -226,6 +244,9 @@ def build_pipeline(preset_name: str, codec: Codec, text_encoder, vlm=None, *, de
         transformer, vae, text_encoder.model, text_encoder.tokenizer, scheduler,
         vlm=None if vlm is None else vlm.model, vlm_tokenizer=None if vlm is None else vlm.tokenizer,
         vlm_processor=None if vlm is None else vlm.image_processor,
+        subject_encoder=None if subject_encoder is None else subject_encoder.model,
+        subject_image_mean=tuple(subject_encoder.mean.flatten().tolist()) if subject_encoder is not None else CLIP_MEAN,
+        subject_image_std=tuple(subject_encoder.std.flatten().tolist()) if subject_encoder is not None else CLIP_STD,
         default_height=default_height, default_width=default_width, default_frames=default_frames,
         reference_size=reference_size, max_sequence_length=text_encoder.max_length,
         vlm_layer=-1 if vlm is None else vlm.layer)

@@ -44,7 +44,7 @@ from idcrafter.models.attention import SubjectBranch, merge_heads, split_heads
 from idcrafter.models.subject_stream import SubjectEmbedding, build_subject_stream
 
 TEXT_MODES = ("t5", "vlm", "t5+vlm")
-NEW_MODULE_PREFIXES = ("subject_embed.", "subject_stream.", "vlm_proj.", "vlm_to_text.")
+NEW_MODULE_PREFIXES = ("subject_embed.", "subject_stream.", "vlm_proj.", "vlm_to_text.", "subject_in.")
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -138,6 +138,7 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         max_ref_tokens: int = 1024,
         text_mode: str = "t5",
         vlm_dim: int | None = None,
+        subject_feature_dim: int | None = None,
     ) -> None:
         super().__init__()
         if text_mode not in TEXT_MODES:
@@ -159,6 +160,8 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                                                    num_intra_layers, num_inter_layers)
         self.vlm_proj = nn.Linear(vlm_dim, dim) if text_mode != "t5" else None
         self.vlm_to_text = nn.Linear(vlm_dim, text_dim) if text_mode == "vlm" else None
+        # alternative subject encoder: vision-backbone tokens instead of codec latents
+        self.subject_in = nn.Linear(subject_feature_dim, dim) if subject_feature_dim else None
         self.gradient_checkpointing = False
 
     # ------------------------------------------------------------------ conditions
@@ -174,16 +177,25 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
     def subject_tokens(self, subject_latents: torch.Tensor, subject_mask: torch.Tensor | None,
                        grounded: torch.Tensor, grounded_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference latents (B, K, C, 1, h, w) -> subject tokens (B, K*L, dim) and mask (B, K*L)."""
-        if subject_latents.ndim != 6:
-            raise InputError(f"subject_latents must be (B, K, C, 1, h, w), got shape {tuple(subject_latents.shape)}")
+        """References -> subject tokens (B, K*L, dim) and mask (B, K*L).
+
+        subject_latents: codec latents (B, K, C, 1, h, w), patchified by Wan's patch embedding, or,
+        when the model has `subject_feature_dim`, vision-backbone tokens (B, K, L, D).
+        """
+        feature_input = self.subject_in is not None
+        if subject_latents.ndim != (4 if feature_input else 6):
+            want = "(B, K, L, D) vision features" if feature_input else "(B, K, C, 1, h, w)"
+            raise InputError(f"subject_latents must be {want}, got shape {tuple(subject_latents.shape)}")
         b, k = subject_latents.shape[:2]
         if k > self.config.max_subjects:
             raise InputError(f"{k} references given; this model supports at most {self.config.max_subjects}")
         if subject_mask is None:
             subject_mask = torch.ones(b, k, dtype=torch.bool, device=subject_latents.device)
-        x = self.patch_embedding(subject_latents.flatten(0, 1).to(self.patch_embedding.weight.dtype))
-        x = x.flatten(2).transpose(1, 2).unflatten(0, (b, k))  # (B, K, L, C)
+        if feature_input:
+            x = self.subject_in(subject_latents.to(self.subject_in.weight.dtype))  # (B, K, L, C)
+        else:
+            x = self.patch_embedding(subject_latents.flatten(0, 1).to(self.patch_embedding.weight.dtype))
+            x = x.flatten(2).transpose(1, 2).unflatten(0, (b, k))  # (B, K, L, C)
         x = self.subject_embed(x)
         s = self.subject_stream(x, subject_mask, grounded, grounded_mask)
         return s, subject_mask.repeat_interleave(x.shape[2], dim=1)
