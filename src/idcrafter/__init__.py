@@ -5,3 +5,12 @@ diffusers pipelines, judge backends) are imported where they are used.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # lazy: `from idcrafter import IDCrafterPipeline` without importing diffusers at package import
+    if name == "IDCrafterPipeline":
+        from idcrafter.pipeline import IDCrafterPipeline
+
+        return IDCrafterPipeline
+    raise AttributeError(name)

@@ -1,1 +1,5 @@
-"""Generator models: transformer, subject stream, attention and video codecs."""
+"""Models: the ID-Crafter transformer, its subject stream and the codecs."""
+
+from idcrafter.models.transformer import ConditionCache, IDCrafterTransformer3DModel
+
+__all__ = ["ConditionCache", "IDCrafterTransformer3DModel"]
