@@ -12,15 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from idcrafter.errors import InputError
 from idcrafter.judge import metrics as M
 from idcrafter.encoders.references import prepare_reference
 from idcrafter.judge.crops import body_crop, head_crop
+from idcrafter.judge.tracking import detect_tracks
 from idcrafter.world.scene import CANVAS, MAX_SUBJECTS
-
-MIN_TRACK_PRESENCE = 0.3  # a track must be seen in 30% of frames to count as a subject
-
 
 @dataclass
 class JudgeReport:
@@ -101,15 +100,6 @@ class Judge:
                 "attributes": self.subject.attribute_logprobs(bodies_a), "masks": masks}
 
     # ------------------------------------------------------------------ clip
-    def _tracks(self, frames: np.ndarray):
-        from idcrafter.judge.tracking import link_tracks
-
-        dets = self.detector.detect_video(frames)
-        tracks = link_tracks(dets)
-        t = len(frames)
-        tracks = [tr for tr in tracks if tr.present().sum() >= max(1, MIN_TRACK_PRESENCE * t)]
-        return dets, tracks
-
     def _track_embeddings(self, frames: np.ndarray, tracks) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """Per-track mean face / subject embeddings (re-normalised) and per-frame face embeddings."""
         heads, bodies, owner = [], [], []
@@ -134,7 +124,19 @@ class Judge:
                 [fe[owner_a == j] for j in range(n)])
 
     def score(self, frames: np.ndarray, refs: list[np.ndarray], prompt: str | None = None) -> JudgeReport:
-        """Measure one clip (T, H, W, 3) uint8 against its references (and prompt)."""
+        """Measure one clip (T, H, W, 3) uint8 against its references (and prompt).
+
+        Runs single-threaded: the judge's networks are tiny, and on a busy 2-core machine
+        multi-threaded kernels this small were measured 70x slower (thread contention).
+        """
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._score(frames, refs, prompt)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _score(self, frames: np.ndarray, refs: list[np.ndarray], prompt: str | None) -> JudgeReport:
         from idcrafter.world.captions import match_mentions, parse_caption
 
         frames = check_video(np.asarray(frames), self.size)
@@ -144,7 +146,7 @@ class Judge:
                              f"were given: pass one --ref per subject named in the prompt")
         ref = self.encode_references(refs)
         k = len(refs)
-        dets, tracks = self._tracks(frames)
+        dets, tracks = detect_tracks(self.detector, frames)
         face_t, subj_t, per_frame = self._track_embeddings(frames, tracks)
         face_sim = ref["face"] @ face_t.T  # (K, N)
         subj_sim = ref["subject"] @ subj_t.T

@@ -4,7 +4,10 @@ Each registry maps a backend name to a factory `(path: str | None) -> backend`. 
 with `lazy` import their module only when called, so importing this registry does not import
 dlib, OpenCV or insightface. Adding a backend is one line, e.g.
 
-    FACE_DETECTORS["sprites"] = lazy("idcrafter.judge.backends.sprites:SpriteDetector", "optional")
+    FACE_DETECTORS["haar"] = lazy("idcrafter.judge.backends.haar:HaarFaceDetector", "optional")
+
+The SpriteWorld judge's parts are registered as "sprites" (path = a judge parts folder,
+default `assets/judge`).
 """
 
 from __future__ import annotations
@@ -42,12 +45,20 @@ def lazy(target: str, path_use: PathUse = "none") -> Factory:
     return build
 
 
+def _sprite_detector(path: str | None) -> Any:
+    from idcrafter.judge.detector import SpriteDetector
+
+    return SpriteDetector.load(path)
+
+
 FACE_DETECTORS: dict[str, Factory] = {
     "dlib": lazy("idcrafter.judge.backends.dlib_face:DlibFaceDetector", "none"),
     "haar": lazy("idcrafter.judge.backends.haar:HaarFaceDetector", "optional"),
+    "sprites": _sprite_detector,
 }
 
 FACE_EMBEDDERS: dict[str, Factory] = {
+    "sprites": lazy("idcrafter.judge.embedders:SpriteFaceEmbedder", "optional"),
     "dlib": lazy("idcrafter.judge.backends.dlib_face:DlibFaceEmbedder", "optional"),
     "insightface": lazy(
         "idcrafter.judge.backends.insightface_onnx:InsightFaceEmbedder", "required"
