@@ -22,6 +22,15 @@ app.add_typer(world_app, name="world")
 bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks (ratios measured side by side in one run).")
 app.add_typer(bench_app, name="bench")
 
+
+def _mount_train() -> None:
+    from idcrafter.train.cli import train_app
+
+    app.add_typer(train_app, name="train", help="Training: rectified-flow SFT (recipes in idcrafter.recipes).")
+
+
+_mount_train()
+
 PARTS = ["detector", "face", "subject", "action", "quality"]
 
 

@@ -1,0 +1,57 @@
+"""Speed of one SFT micro-step (forward + backward) of a recipe, bf16 autocast vs fp32,
+measured interleaved in one process so both see the same machine load.
+
+    .venv/bin/python scripts/sft_speed.py --recipe sprites --threads 1 2 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from idcrafter.config import apply_overrides
+from idcrafter.recipes import recipe
+from idcrafter.train.sft import Trainer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="sprites")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    cfg = apply_overrides(recipe(args.recipe), ["train.mixed_precision=no", "eval.every=0", "eval.sample_every=0",
+                                                "log.progress=false", "data.prefetch=0", "train.ema_decay=0",
+                                                *args.overrides])
+    tr = Trainer(cfg, tempfile.mkdtemp(prefix="sft_speed_"))
+    tr.setup()
+    batch = tr.stream.next()[0]
+
+    def step(bf16: bool) -> float:
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = tr.compute_loss(batch)
+        loss.backward()
+        tr.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+
+    b = len(batch)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        step(True), step(False)  # warm-up
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(args.repeats):
+            for bf16 in (True, False):
+                times[bf16].append(step(bf16))
+        med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+        print(f"threads {threads}: bf16 {med[True]:.2f} s/step ({b / med[True]:.2f} samples/s), "
+              f"fp32 {med[False]:.2f} s/step ({b / med[False]:.2f} samples/s), speed-up {med[False] / med[True]:.2f}x")
+    tr.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""Training examples: SpriteWorld (procedural or a dataset folder) and real videos (manifest).
+
+Every source is random access by *position* (an int that only grows during training): the
+example at position p is a pure function of (config, p). A run stores only its position to resume
+exactly, and the global batch of step s is positions [s G, (s + 1) G), G = the global batch size,
+split over processes and micro-steps (`BatchStream`); so the examples a run sees do not depend on
+the number of processes.
+
+Subjects per batch: batches are **padded** to the largest K in the batch (absent references are
+zeros with `ref_mask` False, which the model masks out), not bucketed by K. SpriteWorld draws K
+uniformly in 1..4, so bucketing would either change the example order (and with it resumability
+by position) or starve large K; padding costs only subject-stream compute, a few percent here.
+
+Manifest (JSONL, one object per line; relative paths are relative to the manifest's folder):
+
+    {"video": "clips/a.mp4", "references": ["refs/a0.png", "refs/a1.png"], "caption": "..."}
+
+Videos are decoded with PyAV; `frames` frames (4k+1 for the Wan VAE) are taken every
+`frame_stride` frames from a start drawn from the example's own generator, resized to cover
+(height, width) and centre-cropped. References go through `prepare_reference` (subject centred
+on the plain canvas, `ref_size`). An unreadable video or reference (corrupt, missing, too short)
+is skipped: the next item of the same epoch order takes its place, the item is remembered as bad
+and counted (`ManifestSource.skipped`, logged as `data/skipped`); a run never crashes on one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+
+from idcrafter.errors import InputError
+from idcrafter.train.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    """One training example (numpy, uint8)."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    refs: np.ndarray  # (K, R, R, 3) uint8, in subject order
+    caption: str
+    position: int  # the stream position it was drawn at (seeds its noise, timestep, dropout)
+    subject: np.ndarray | None = None  # (T, H, W) bool: pixels of any subject (None: unknown)
+
+
+@dataclass
+class Batch:
+    """A collated micro-batch; padded to the largest K (see the module docstring)."""
+
+    video: torch.Tensor  # (B, 3, T, H, W) float32 in [-1, 1]
+    refs: torch.Tensor  # (B, K, 3, R, R) float32 in [-1, 1], zeros past each sample's K
+    ref_mask: torch.Tensor  # (B, K) bool
+    subject: torch.Tensor | None  # (B, T, H, W) bool, None when no sample has masks
+    captions: list[str]
+    positions: torch.Tensor  # (B,) int64
+    ref_images: list[np.ndarray]  # per sample (K_b, R, R, 3) uint8 (for VLM / vision encoders)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+class ExampleSource(Protocol):
+    def get(self, position: int) -> Sample: ...
+
+
+def example_seed(seed: int, position: int, salt: int = 0) -> int:
+    """A 63-bit seed for the example at `position` (independent streams for different salts)."""
+    return int(np.random.SeedSequence([seed, position, salt]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The permutation of a finite dataset's items in a given epoch."""
+    return np.random.default_rng([seed, epoch, 99]).permutation(n)
+
+
+class ProceduralSource:
+    """SpriteWorld rendered on the fly: position p is `make_example(seed, p, split)`."""
+
+    def __init__(self, cfg: DataConfig):
+        from idcrafter.world.dataset import check_split
+        from idcrafter.world.scene import WorldConfig
+
+        self.cfg = cfg
+        self.split = check_split(cfg.split)
+        self.world = WorldConfig(frames=cfg.frames, height=cfg.height, width=cfg.width, ref_size=cfg.ref_size)
+
+    def get(self, position: int) -> Sample:
+        from idcrafter.world.dataset import make_example
+
+        index = position % self.cfg.limit if self.cfg.limit else position
+        ex = make_example(self.cfg.seed, index, self.split, self.world, num_subjects=self.cfg.num_subjects)
+        return Sample(ex.clip.frames, ex.refs, ex.caption, position, ex.clip.masks > 0)
+
+
+class FolderSource:
+    """A SpriteWorld dataset folder, shuffled per epoch; 9-frame data is subsampled evenly to
+    `frames` when (T - 1) is a multiple of (frames - 1) (actions are functions of time, so the
+    5-frame clip is exactly frames 0, 2, 4, 6, 8 of the 9-frame one)."""
+
+    def __init__(self, cfg: DataConfig):
+        from idcrafter.world.dataset import SpriteWorldDataset
+
+        self.cfg = cfg
+        self.ds = SpriteWorldDataset(cfg.path)
+        t = self.ds.config.frames
+        if (t - 1) % max(cfg.frames - 1, 1) or cfg.frames > t:
+            raise InputError(f"{cfg.path} has {t}-frame clips; data.frames={cfg.frames} is not an even subsample")
+        self.frame_idx = np.linspace(0, t - 1, cfg.frames).round().astype(int)
+        self.n = min(len(self.ds), cfg.limit) if cfg.limit else len(self.ds)
+
+    def get(self, position: int) -> Sample:
+        epoch, offset = divmod(position, self.n)
+        item = self.ds[int(epoch_order(self.n, self.cfg.seed, epoch)[offset])]
+        return Sample(item["frames"][self.frame_idx], item["refs"], item["caption"], position,
+                      item["masks"][self.frame_idx] > 0)
+
+
+class ManifestSource:
+    """Real videos from a JSONL manifest (format in the module docstring)."""
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+        path = Path(cfg.path)
+        if not path.is_file():
+            raise InputError(f"manifest not found: {path} (a JSONL file with video, references, caption)")
+        self.root = path.parent
+        self.items = [self._parse(line, i, path) for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
+        if cfg.limit:
+            self.items = self.items[: cfg.limit]
+        if not self.items:
+            raise InputError(f"manifest {path} has no items")
+        self.bad: set[int] = set()
+
+    def _parse(self, line: str, i: int, path: Path) -> dict:
+        try:
+            item = json.loads(line)
+            return {"video": item["video"], "references": list(item["references"]), "caption": str(item["caption"])}
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InputError(f"{path}:{i + 1}: each line must be a JSON object with video, references, "
+                             f"caption ({exc})") from exc
+
+    @property
+    def skipped(self) -> int:
+        return len(self.bad)
+
+    def get(self, position: int) -> Sample:
+        n = len(self.items)
+        epoch, offset = divmod(position, n)
+        start = int(epoch_order(n, self.cfg.seed, epoch)[offset])
+        for attempt in range(n):
+            i = (start + attempt) % n
+            if i in self.bad:
+                continue
+            try:
+                return self._load(i, position)
+            except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad item: skip it
+                self.bad.add(i)
+                log.warning("skipping manifest item %d (%s): %s: %s (%d skipped so far)", i,
+                            self.items[i]["video"], type(exc).__name__, exc, len(self.bad))
+        raise InputError(f"every item of the manifest {self.cfg.path} is unreadable ({n} skipped)")
+
+    def _load(self, i: int, position: int) -> Sample:
+        from idcrafter.encoders.references import prepare_reference
+
+        item = self.items[i]
+        rng = np.random.default_rng(example_seed(self.cfg.seed, position, salt=3))
+        frames = read_clip(self.root / item["video"], self.cfg.frames, self.cfg.frame_stride, rng)
+        frames = resize_center_crop(frames, self.cfg.height, self.cfg.width)
+        refs = np.stack([prepare_reference(self.root / r, self.cfg.ref_size) for r in item["references"]])
+        return Sample(frames, refs, item["caption"], position, None)
+
+
+def read_clip(path: Path, count: int, stride: int, rng: np.random.Generator) -> np.ndarray:
+    """(count, H, W, 3) uint8: every `stride`-th frame from a random start (PyAV)."""
+    import av
+
+    span = (count - 1) * stride + 1
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        total = int(stream.frames or 0)
+        frames: list[np.ndarray] = []
+        if total >= span:
+            start = int(rng.integers(0, total - span + 1))
+            wanted = set(range(start, start + span, stride))
+            for j, frame in enumerate(container.decode(stream)):
+                if j in wanted:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                if j >= start + span - 1:
+                    break
+        else:  # unknown length: decode everything
+            every = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            if len(every) >= span:
+                start = int(rng.integers(0, len(every) - span + 1))
+                frames = every[start: start + span: stride]
+    if len(frames) != count:
+        raise ValueError(f"needs {span} frames, has {total or 'fewer'}")
+    return np.stack(frames)
+
+
+def resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize (T, H0, W0, 3) so it covers (height, width), aspect kept, then centre-crop."""
+    import cv2
+
+    h0, w0 = frames.shape[1:3]
+    scale = max(height / h0, width / w0)
+    nh, nw = max(height, round(h0 * scale)), max(width, round(w0 * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    out = np.stack([cv2.resize(f, (nw, nh), interpolation=interp) for f in frames]) if (nh, nw) != (h0, w0) else frames
+    top, left = (nh - height) // 2, (nw - width) // 2
+    return np.ascontiguousarray(out[:, top:top + height, left:left + width])
+
+
+def build_source(cfg: DataConfig) -> ExampleSource:
+    sources = {"procedural": ProceduralSource, "folder": FolderSource, "manifest": ManifestSource}
+    if cfg.source not in sources:
+        raise InputError(f"data.source must be one of {', '.join(sources)}, got {cfg.source!r}")
+    return sources[cfg.source](cfg)
+
+
+def collate(samples: list[Sample]) -> Batch:
+    """Stack samples into a `Batch` (uint8 -> [-1, 1], channels first, K padded)."""
+    k = max(len(s.refs) for s in samples)
+    r = samples[0].refs.shape[1]
+    video = torch.from_numpy(np.stack([s.frames for s in samples])).permute(0, 4, 1, 2, 3)  # (B, 3, T, H, W)
+    refs = torch.zeros(len(samples), k, 3, r, r)
+    ref_mask = torch.zeros(len(samples), k, dtype=torch.bool)
+    for b, s in enumerate(samples):
+        refs[b, : len(s.refs)] = torch.from_numpy(s.refs).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        ref_mask[b, : len(s.refs)] = True
+    subject = None
+    if any(s.subject is not None for s in samples):
+        t, h, w = samples[0].frames.shape[:3]
+        subject = torch.stack([torch.from_numpy(s.subject) if s.subject is not None
+                               else torch.zeros(t, h, w, dtype=torch.bool) for s in samples])
+    return Batch(video.float().div(127.5).sub(1), refs, ref_mask, subject, [s.caption for s in samples],
+                 torch.tensor([s.position for s in samples], dtype=torch.int64), [s.refs for s in samples])
+
+
+def step_positions(base: int, batch_size: int, world_size: int, grad_accum: int, rank: int) -> list[list[int]]:
+    """Positions of this rank's micro-batches for the step whose global batch starts at `base`:
+    micro i of rank r takes [base + (i W + r) B, base + (i W + r + 1) B) (G = B W A per step)."""
+    return [[base + (i * world_size + rank) * batch_size + j for j in range(batch_size)] for i in range(grad_accum)]
+
+
+class BatchStream:
+    """This rank's micro-batches of the steps whose global batches start at `start_position`,
+    then + G, + 2G, ... (G = B W A; optionally rendered ahead in one background thread; the
+    order, hence the result, is the same either way)."""
+
+    def __init__(self, source: ExampleSource, batch_size: int, world_size: int, rank: int, grad_accum: int,
+                 start_position: int, prefetch: int = 0):
+        self.source, self.b, self.w, self.r, self.a = source, batch_size, world_size, rank, grad_accum
+        self.global_batch = batch_size * world_size * grad_accum
+        self.step = 0  # steps produced by this stream
+        self.start = start_position
+        self.prefetch = prefetch
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+
+    def _make(self, step: int) -> list[Batch]:
+        base = self.start + step * self.global_batch
+        return [collate([self.source.get(p) for p in micro])
+                for micro in step_positions(base, self.b, self.w, self.a, self.r)]
+
+    def _worker(self, first: int) -> None:
+        step = first
+        while not self._stop.is_set():
+            try:
+                item = (step, self._make(step))
+            except Exception as exc:  # noqa: BLE001 - re-raised in the training thread
+                item = (step, exc)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            step += 1
+
+    def next(self) -> list[Batch]:
+        """The micro-batches of the next step."""
+        if self.prefetch <= 0:
+            out = self._make(self.step)
+        else:
+            if self._queue is None:
+                self._queue = queue.Queue(maxsize=self.prefetch)
+                threading.Thread(target=self._worker, args=(self.step,), daemon=True).start()
+            step, out = self._queue.get()
+            assert step == self.step, (step, self.step)
+            if isinstance(out, Exception):
+                raise out
+        self.step += 1
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def __iter__(self) -> Iterator[list[Batch]]:
+        while True:
+            yield self.next()
