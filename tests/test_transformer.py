@@ -123,6 +123,14 @@ def test_condition_cache_matches_uncached_path():
         c = model(x * 0.5, t * 0.3, condition_cache=cache).sample  # reused at another step
         d = model(x * 0.5, t * 0.3, txt, subject_latents=refs).sample
     assert torch.equal(a, b) and torch.equal(c, d)
+    # a row without subjects (guidance's unconditional branch) is skipped by the branch: exactly Wan
+    none = torch.tensor([[1, 1, 1], [0, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        cache = model.build_condition_cache(txt, refs, none)
+        mixed = model(x, t, condition_cache=cache).sample
+        assert torch.equal(mixed, model(x, t, txt, subject_latents=refs, subject_mask=none).sample)
+        assert torch.allclose(mixed[1], model(x[1:], t[1:], txt[1:]).sample[0], atol=1e-6)
+        assert torch.allclose(mixed[0], b[0], atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["vlm", "t5+vlm"])

@@ -201,19 +201,11 @@ def make_velocity_fn(transformer: IDCrafterTransformer3DModel, conditions: Condi
     """The guided velocity `v(x, sigma)` the sampler integrates: one forward over [cond; uncond]
     rows, every static condition read from the cache."""
     def model_fn(x: torch.Tensor, sigma: torch.Tensor, branches: str) -> torch.Tensor:
+        # the cache holds exactly the rows asked for: [cond; uncond] when guided, cond otherwise
         t = sampling.sigma_to_timestep(sigma).to(x.device)
-        cache = conditions.cache
-        if branches == "cond" and conditions.guided:
-            cache = _cache_rows(cache, conditions.batch_size)
-        return transformer(x.to(transformer.dtype), t, condition_cache=cache).sample.float()
+        return transformer(x.to(transformer.dtype), t, condition_cache=conditions.cache).sample.float()
 
     return lambda x, sigma: sampling.guided_velocity(model_fn, x, sigma, guidance_scale)
-
-
-def _cache_rows(cache: ConditionCache, n: int) -> ConditionCache:
-    """The first n rows of a condition cache (the conditional branch of a [cond; uncond] cache)."""
-    subject = None if cache.subject_kv is None else [tuple(t[:n] for t in kv) for kv in cache.subject_kv]
-    return ConditionCache([tuple(t[:n] for t in kv) for kv in cache.text_kv], subject, n, cache.dtype)
 
 
 def build_pipeline(preset_name: str, codec: Codec, text_encoder, vlm=None, subject_encoder=None, *,

@@ -91,16 +91,17 @@ class SubjectBranch(nn.Module):
         self.sink_k = nn.Parameter(torch.zeros(1, heads, 1, dim // heads))
         self.gate = nn.Parameter(torch.zeros(dim))
 
-    def project(self, context: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Keys/values of the static context (cacheable): (B, H, 1+Lc, D) x2 and mask (B, 1+Lc)."""
+    def project(self, context: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Keys/values of the static context (cacheable): (B, H, 1+Lc, D) x2 and mask (B, 1+Lc)
+        (None when every key is valid: SDPA then runs without a mask)."""
         b = context.shape[0]
         k = split_heads(self.norm_k(self.to_k(context)), self.heads)
         v = split_heads(self.to_v(context), self.heads)
         k = torch.cat([self.sink_k.expand(b, -1, -1, -1).to(k.dtype), k], 2)
         v = torch.cat([v.new_zeros(b, self.heads, 1, v.shape[-1]), v], 2)
-        return k, v, torch.cat([mask.new_ones(b, 1), mask], 1)
+        return k, v, None if mask is None else torch.cat([mask.new_ones(b, 1), mask], 1)
 
-    def forward(self, q: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, kv: tuple) -> torch.Tensor:
         # q (B, H, Lv, D) from the block's cross-attention -> gated (B, Lv, C), before to_out
-        k, v, mask = kv
+        k, v, mask = kv[:3]
         return merge_heads(masked_attention(q, k.to(q.dtype), v.to(q.dtype), mask)) * self.gate.to(q.dtype)

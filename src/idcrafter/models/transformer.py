@@ -54,13 +54,16 @@ class ConditionCache:
     """Everything static across denoising steps, for one (possibly CFG-doubled) batch.
 
     text_kv[i]: block i's text keys/values, each (B, H, Lt, D).
-    subject_kv[i]: block i's subject-branch keys, values (B, H, 1+Ls, D) and key mask (B, 1+Ls),
-        or None when the batch has no subject inputs (then the branch is skipped: pure Wan).
+    subject_kv[i]: block i's subject-branch keys, values (R, H, 1+Ls, D), key mask (R, 1+Ls) or
+        None when every key is valid, and the indices (R,) of the rows that have subjects (None
+        = all rows); None when no row has subjects (then the branch is skipped: pure Wan). Rows
+        without subjects (guidance's unconditional branch) get exactly zero from the branch, so
+        it is computed for the R rows with subjects only.
     dtype: the dtype of the projected text context (Wan casts the time embedding to it).
     """
 
     text_kv: list[KV]
-    subject_kv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None
+    subject_kv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]] | None
     batch_size: int
     dtype: torch.dtype
 
@@ -98,7 +101,11 @@ class IDCrafterBlock(WanTransformerBlock):
         k, v = text_kv
         out = merge_heads(F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))).type_as(q)
         if subject_kv is not None:
-            out = out + self.subject_branch(q, subject_kv).type_as(out)
+            rows = subject_kv[3]
+            if rows is None:
+                out = out + self.subject_branch(q, subject_kv).type_as(out)
+            else:
+                out = out.index_add(0, rows, self.subject_branch(q[rows], subject_kv).type_as(out))
         hidden_states = hidden_states + a.to_out[1](a.to_out[0](out))
 
         # 3. feed-forward (unchanged Wan)
@@ -227,7 +234,13 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             ctx, ctx_mask = s, sm
             if self.config.text_mode != "t5" or self.subject_stream.joins_text_context:
                 ctx, ctx_mask = torch.cat([s, g.to(s.dtype)], 1), torch.cat([sm, gm.bool()], 1)
-            subject_kv = [blk.subject_branch.project(ctx, ctx_mask) for blk in self.blocks]
+            has = sm.any(1)  # (B,) rows with at least one subject
+            if has.any():
+                rows = None if has.all() else has.nonzero().squeeze(1)
+                if rows is not None:
+                    ctx, ctx_mask = ctx[rows], ctx_mask[rows]
+                mask = None if ctx_mask.all() else ctx_mask
+                subject_kv = [(*blk.subject_branch.project(ctx, mask), rows) for blk in self.blocks]
         return ConditionCache(text_kv, subject_kv, context.shape[0], context.dtype)
 
     # ------------------------------------------------------------------ forward
