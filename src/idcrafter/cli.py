@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from idcrafter.errors import InputError
+from idcrafter.errors import InputError, run_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="idcrafter: multi-subject, identity-preserving video generation.")
@@ -61,7 +61,6 @@ def world_make(
 ) -> None:
     """Render a SpriteWorld dataset to disk (random access with `SpriteWorldDataset`)."""
     from idcrafter.world.dataset import check_split, make_dataset
-    from idcrafter.world.scene import WorldConfig
 
     cfg = _world_config(frames, height, width, ref_size)
     path = make_dataset(out, check_split(split), num, seed, cfg, overwrite=overwrite, command=_command())
@@ -248,11 +247,7 @@ def demo(out: Path = typer.Option(Path("outputs/demo")), seed: int = typer.Optio
 
 
 def main() -> None:
-    try:
-        app()
-    except InputError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(2)
+    run_cli(app)
 
 
 if __name__ == "__main__":

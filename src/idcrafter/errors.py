@@ -13,3 +13,14 @@ class InputError(ValueError):
 
 class MissingWeightsError(InputError, FileNotFoundError):
     """A model folder or weights file is missing; the message names what to put where."""
+
+
+def run_cli(app) -> None:
+    """Run a typer app; an `InputError` becomes one line on stderr and exit status 2."""
+    import typer
+
+    try:
+        app()
+    except InputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2)

@@ -18,7 +18,7 @@ from typing import List, Optional
 
 import typer
 
-from idcrafter.errors import InputError
+from idcrafter.errors import run_cli
 
 train_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                         help="Training: rectified-flow SFT (`sft`).")
@@ -72,11 +72,7 @@ def sft(
 
 def main() -> None:
     """Entry point for `python -m idcrafter.train.cli` (bad input: one line, exit status 2)."""
-    try:
-        train_app()
-    except InputError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(2)
+    run_cli(train_app)
 
 
 if __name__ == "__main__":
