@@ -231,10 +231,14 @@ class SpriteSubjectEmbedder:
 
     def attribute_logprobs(self, crops: np.ndarray) -> list[dict[str, np.ndarray]]:
         """Per crop, {attribute: (n_values,) log-probabilities} for all 9 attributes."""
+        return self.embed_with_attributes(crops)[1]
+
+    def embed_with_attributes(self, crops: np.ndarray) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+        """Embeddings and attribute log-probabilities from one pass of the network."""
         if len(crops) == 0:
-            return []
-        lp = self._run(crops)[1]
-        return [{name: lp[name][i] for name in ATTR_NAMES} for i in range(len(crops))]
+            return np.zeros((0, self.dim), np.float32), []
+        emb, lp = self._run(crops)
+        return emb, [{name: lp[name][i] for name in ATTR_NAMES} for i in range(len(crops))]
 
 
 # ----------------------------------------------------------------------------- training data

@@ -95,9 +95,9 @@ class Judge:
         bodies_a = np.stack(bodies)
         canvas = (np.array(CANVAS) * 255).astype(np.int16)
         masks = [np.abs(r.astype(np.int16) - canvas).max(-1) > 24 for r in prepared]
-        return {"images": prepared, "face": self.face.embed_crops(np.stack(heads)),
-                "subject": self.subject.embed_crops(bodies_a),
-                "attributes": self.subject.attribute_logprobs(bodies_a), "masks": masks}
+        subject, attributes = self.subject.embed_with_attributes(bodies_a)
+        return {"images": prepared, "face": self.face.embed_crops(np.stack(heads)), "subject": subject,
+                "attributes": attributes, "masks": masks}
 
     # ------------------------------------------------------------------ clip
     def _track_embeddings(self, frames: np.ndarray, tracks) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
