@@ -15,8 +15,9 @@ from PIL import Image
 
 from idcrafter.errors import InputError
 from idcrafter.utils.media import load_image
+from idcrafter.world.scene import CANVAS_RGB  # one canvas colour for the whole project
 
-CANVAS_RGB: tuple[int, int, int] = (240, 240, 235)  # world.scene.CANVAS (0.94, 0.94, 0.92) in uint8
+__all__ = ["CANVAS_RGB", "prepare_reference"]
 
 
 def prepare_reference(image: str | Path | Image.Image | np.ndarray, size: int | tuple[int, int],

@@ -19,7 +19,7 @@ from idcrafter.judge import metrics as M
 from idcrafter.encoders.references import prepare_reference
 from idcrafter.judge.crops import body_crop, head_crop
 from idcrafter.judge.tracking import detect_tracks
-from idcrafter.world.scene import CANVAS, MAX_SUBJECTS
+from idcrafter.world.scene import MAX_SUBJECTS, subject_mask
 
 @dataclass
 class JudgeReport:
@@ -93,8 +93,7 @@ class Judge:
             heads.append(head_crop(r, d.head))
             bodies.append(body_crop(r, d.box))
         bodies_a = np.stack(bodies)
-        canvas = (np.array(CANVAS) * 255).astype(np.int16)
-        masks = [np.abs(r.astype(np.int16) - canvas).max(-1) > 24 for r in prepared]
+        masks = [subject_mask(r) for r in prepared]
         subject, attributes = self.subject.embed_with_attributes(bodies_a)
         return {"images": prepared, "face": self.face.embed_crops(np.stack(heads)), "subject": subject,
                 "attributes": attributes, "masks": masks}

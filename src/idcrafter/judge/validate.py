@@ -20,7 +20,7 @@ from idcrafter.world.dataset import make_example
 from idcrafter.world.degrade import degrade
 from idcrafter.world.identity import FACE_ATTRIBUTES, Identity, sample_identities
 from idcrafter.world.scene import (
-    CANVAS, WorldConfig, render_background, render_clip, render_reference, sample_clip,
+    BACKGROUNDS, WorldConfig, render_background, render_clip, render_reference, sample_clip, subject_mask,
 )
 
 
@@ -56,15 +56,13 @@ def pasted_example(seed: int, i: int, config: WorldConfig):
     k = int(rng.integers(1, 4))
     ids = sample_identities(rng, k, "heldout")
     refs = [render_reference(x, config.ref_size) for x in ids]
-    bg = render_background(str(rng.choice(["grass", "beach", "street", "room", "snow", "forest"])),
-                           config.height, config.width, rng)
+    bg = render_background(str(rng.choice(BACKGROUNDS)), config.height, config.width, rng)
     frame = (bg * 255).astype(np.uint8)
-    canvas = (np.array(CANVAS) * 255).astype(np.int16)
     with_canvas = rng.random() < 0.5
     r = config.ref_size
     for ref in refs:
         y, x = int(rng.integers(0, config.height - r + 1)), int(rng.integers(0, config.width - r + 1))
-        mask = np.ones((r, r), bool) if with_canvas else np.abs(ref.astype(np.int16) - canvas).max(-1) > 24
+        mask = np.ones((r, r), bool) if with_canvas else subject_mask(ref)
         frame[y:y + r, x:x + r][mask] = ref[mask]
     return np.repeat(frame[None], config.frames, 0), refs
 

@@ -19,6 +19,7 @@ SOLO_ACTIONS = ACTIONS[:5]
 PAIR_ACTIONS = ACTIONS[5:]
 BACKGROUNDS = ["grass", "beach", "street", "room", "snow", "forest"]
 CANVAS = (0.94, 0.94, 0.92)  # the plain light canvas of reference images
+CANVAS_RGB = tuple(int(round(c * 255)) for c in CANVAS)  # the same in uint8: (240, 240, 235)
 MAX_SUBJECTS = 4
 
 
@@ -316,6 +317,12 @@ def render_reference(ident: Identity, size: int = 32) -> np.ndarray:
     left, top = sprite_origin(size / 2, size - round(size * 0.05), sprite)
     _paste(canvas, np.zeros((size, size), np.uint8), sprite, left, top, 0, np.zeros((size, size), bool))
     return np.clip(canvas * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def subject_mask(reference: np.ndarray, tolerance: int = 24) -> np.ndarray:
+    """(R, R) bool: the pixels of a reference image that are not its light canvas."""
+    diff = np.abs(reference.astype(np.int16) - np.array(CANVAS_RGB, np.int16))
+    return diff.max(-1) > tolerance
 
 
 def spec_to_json(spec: ClipSpec) -> dict:
