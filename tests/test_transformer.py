@@ -6,7 +6,7 @@ from diffusers import WanTransformer3DModel
 
 from idcrafter.errors import InputError
 from idcrafter.models.presets import preset, wan_config
-from idcrafter.models.transformer import IDCrafterTransformer3DModel
+from idcrafter.models.transformer import IDCrafterTransformer3DModel, collapse_padding
 
 VARIANTS = ["hierarchical", "intra_only", "concat"]
 
@@ -49,6 +49,37 @@ def test_parity_with_wan_at_initialisation(variant):
         assert (out - ref_out).abs().max() <= 1e-6
         tok_t = torch.full((2, 3 * 4 * 4), 400.0)  # per-token timesteps (Wan 2.2 style) pass through
         assert (model(x, tok_t, txt, subject_latents=refs).sample - wan(x, tok_t, txt).sample).abs().max() <= 1e-6
+
+
+def test_collapse_padding_by_hand():
+    a, p = [1.0, 2.0], [0.0, 0.0]
+    tokens = torch.tensor([[a, [3.0, 1.0], p, p, p], [a, p, p, p, p]])  # (2, 5, 2): runs of 3 and 4
+    kept, bias = collapse_padding(tokens)
+    assert kept == 3  # row 0 keeps a, b, one pad; row 1 keeps a, one pad (+ one masked slot)
+    inf = float("inf")
+    expected = torch.tensor([[0.0, 0.0, torch.tensor(3.0).log()], [0.0, torch.tensor(4.0).log(), -inf]])
+    assert torch.equal(bias[:, 0, 0], expected)
+    assert collapse_padding(torch.randn(2, 5, 2)) == (5, None)  # nothing to collapse
+    # attention over the collapsed keys equals attention over all of them
+    q, k, v = torch.randn(2, 1, 4, 2), torch.randn(2, 1, 5, 2), torch.randn(2, 1, 5, 3)
+    k[0, :, 2:], k[1, :, 1:] = k[0, :, 2:3], k[1, :, 1:2]
+    v[0, :, 2:], v[1, :, 1:] = v[0, :, 2:3], v[1, :, 1:2]
+    full = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    short = torch.nn.functional.scaled_dot_product_attention(q, k[:, :, :kept], v[:, :, :kept], attn_mask=bias)
+    assert (full - short).abs().max() < 1e-6
+
+
+def test_parity_with_wan_on_zero_padded_prompts():
+    """Wan pads prompts with zeros to the encoder length; the collapsed keys give Wan's output."""
+    wan = tiny_wan()
+    model = IDCrafterTransformer3DModel.from_wan(wan, max_ref_tokens=64).eval()
+    x, t, txt, refs = inputs()
+    txt[0, 3:], txt[1, 5:] = 0, 0  # prompts of 3 and 5 tokens
+    with torch.no_grad():
+        ref_out = wan(x, t, txt).sample
+        assert (model(x, t, txt).sample - ref_out).abs().max() <= 1e-5
+        assert (model(x, t, txt, subject_latents=refs).sample - ref_out).abs().max() <= 1e-5
+        assert model.build_condition_cache(txt).text_kv[0][0].shape[2] == 6  # 5 tokens + one pad key
 
 
 def test_from_wan_folder_and_missing_folder(tmp_path):

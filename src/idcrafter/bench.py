@@ -1,9 +1,11 @@
 """Speed benchmarks: ratios measured side by side in one run (never timed assertions).
 
 `bench_model` (`idcrafter bench model`) on a fixed size: dim 256 (2 heads x 128), 6 layers,
-ffn 1024, 768 video tokens (latents 16 x 3 x 32 x 32, patch 1x2x2), T5 context 512 x 4096,
-3 references of 8 x 8 tokens each (a reference is ~10% of the video's tokens, as a 512 px
-reference is next to an 81-frame 480p clip), batch 2, fp32.
+ffn 1024, 768 video tokens (latents 16 x 3 x 32 x 32, patch 1x2x2), batch 2, fp32; a T5 context
+as Wan's pipeline makes it (a 48-token prompt zero-padded to 512 x 4096), and 3 references of
+26 x 26 latents (169 tokens each: 0.66 of a frame's tokens, as the real recipe's 512 px
+references are beside 480 x 832 frames, 1024 / 1560 tokens). Both models get the same inputs; guidance's unconditional branch has an empty (all-zero)
+prompt and no references.
 """
 
 from __future__ import annotations
@@ -61,13 +63,17 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def bench_inputs(batch: int = 2, refs: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+PROMPT_TOKENS = 48
+
+
+def bench_inputs(batch: int = 2, refs: int = 3, seed: int = 0, ref_latent: int = 26) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
         "x": torch.randn(batch, 16, 3, 32, 32, generator=g),  # 3 x 16 x 16 = 768 tokens
         "t": torch.full((batch,), 500.0),
-        "txt": torch.randn(batch, 512, 4096, generator=g),
-        "refs": torch.randn(batch, refs, 16, 1, 16, 16, generator=g),  # 8 x 8 tokens each
+        "txt": torch.cat([torch.randn(batch, PROMPT_TOKENS, 4096, generator=g),  # Wan zero-pads to 512
+                          torch.zeros(batch, 512 - PROMPT_TOKENS, 4096)], 1),
+        "refs": torch.randn(batch, refs, 16, 1, ref_latent, ref_latent, generator=g),  # (ref_latent/2)^2 tokens each
     }
 
 
@@ -115,10 +121,11 @@ def _sampling_speedup(model, inp: dict, steps: int, guidance: float) -> dict[str
 
 
 @torch.no_grad()
-def bench_model(steps: int = 50, repeats: int = 10, guidance: float = 2.5) -> dict[str, float]:
-    """All figures of `idcrafter bench model` (see the module docstring for the size)."""
+def bench_model(steps: int = 50, repeats: int = 10, guidance: float = 2.5, ref_latent: int = 26) -> dict[str, float]:
+    """All figures of `idcrafter bench model` (see the module docstring for the size;
+    `ref_latent` is the side of each reference's latent: 26 by default, 32 = the frame's)."""
     wan, model = _models()
-    inp = bench_inputs()
+    inp = bench_inputs(ref_latent=ref_latent)
     peak = gemm_peak_gflops()
     wan_fwd = lambda: wan(inp["x"], inp["t"], inp["txt"]).sample  # noqa: E731
     ours_fwd = lambda: model(inp["x"], inp["t"], inp["txt"], subject_latents=inp["refs"]).sample  # noqa: E731
@@ -133,7 +140,88 @@ def bench_model(steps: int = 50, repeats: int = 10, guidance: float = 2.5) -> di
         "forward_gflop": flops / 1e9, "gemm_peak_gflops": peak,
         "gemm_fraction": flops / t["ours"] / 1e9 / peak,
         "wan_gemm_fraction": count_flops(wan_fwd) / t["wan"] / 1e9 / peak,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "ref_tokens_each": (ref_latent // 2) ** 2,
     }
     out.update(_sampling_speedup(model, inp, steps, guidance))
     return out
+
+
+# ---------------------------------------------------------------------- training speed
+def _step_figures(step: Callable[[], object], batch: int, repeats: int, peak: float) -> dict[str, float]:
+    """samples/s and achieved fraction of the fp32 GEMM peak of one training step (forward,
+    backward, optimizer); FLOPs are counted by torch's FlopCounterMode (matmuls, convolutions,
+    attention), so the fraction is an honest lower bound."""
+    t = _median_time(step, repeats)
+    flops = count_flops(step)
+    return {"samples_per_s": batch / t, "step_s": t, "step_gflop": flops / 1e9,
+            "gemm_fraction": flops / t / 1e9 / peak}
+
+
+def _bench_train_recipe(name: str, repeats: int, overrides: list[str]) -> dict[str, float]:
+    import tempfile
+
+    from idcrafter.config import apply_overrides
+    from idcrafter.recipes import recipe
+    from idcrafter.train.sft import Trainer
+
+    cfg = apply_overrides(recipe(name), ["eval.every=0", "eval.sample_every=0", "log.progress=false",
+                                         "log.tensorboard=false", "data.prefetch=0", "checkpoint.every=0",
+                                         "train.threads=0", *overrides])
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        tr = Trainer(cfg, tmp)
+        tr.setup()
+        micro = tr.stream.next()
+        out = _step_figures(lambda: tr.train_step(micro), tr.global_batch, repeats, gemm_peak_gflops())
+        tr.close()
+    return {**out, "batch": tr.global_batch, "mixed_precision": cfg.train.mixed_precision}
+
+
+def _bench_train_size(repeats: int) -> dict[str, float]:
+    """The `bench model` size (fp32, batch 2): rectified-flow loss, backward, AdamW step."""
+    _, model = _models()
+    model.train()
+    inp = bench_inputs()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    g = torch.Generator().manual_seed(0)
+    eps = torch.randn(inp["x"].shape, generator=g)
+    t = torch.rand(inp["x"].shape[0], generator=g)
+    z_t = (1 - t.view(-1, 1, 1, 1, 1)) * inp["x"] + t.view(-1, 1, 1, 1, 1) * eps
+
+    def step() -> None:
+        v = model(z_t, t * 1000, inp["txt"], subject_latents=inp["refs"]).sample
+        torch.nn.functional.mse_loss(v, eps - inp["x"]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    out = _step_figures(step, inp["x"].shape[0], repeats, gemm_peak_gflops())
+    return {**out, "batch": inp["x"].shape[0], "mixed_precision": "no"}
+
+
+def _bench_train_child(which: str, repeats: int, threads: int, overrides: list[str], queue) -> None:
+    import resource
+
+    torch.set_num_threads(threads)
+    out = _bench_train_size(repeats) if which == "bench" else _bench_train_recipe(which, repeats, overrides)
+    # peak resident memory of this (fresh) process: model, optimizer, activations, data, torch itself
+    out["peak_mem_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put(out)
+
+
+def bench_train(targets: tuple[str, ...] = ("sprites", "bench"), repeats: int = 5,
+                threads: int | None = None, overrides: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
+    """`idcrafter bench train`: samples/s, achieved GEMM fraction and peak memory of a training
+    step for each target (a recipe name, or `bench` for the `bench model` size). Each target runs
+    in a fresh process, so its peak memory is its own."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    threads = threads or torch.get_num_threads()
+    results = {}
+    for which in targets:
+        q = ctx.Queue()
+        p = ctx.Process(target=_bench_train_child, args=(which, repeats, threads, list(overrides), q))
+        p.start()
+        results[which] = q.get()
+        p.join()
+        results[which]["threads"] = threads
+    return results

@@ -21,6 +21,8 @@ world_app = typer.Typer(no_args_is_help=True, help="SpriteWorld, the embedded mu
 app.add_typer(world_app, name="world")
 bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks (ratios measured side by side in one run).")
 app.add_typer(bench_app, name="bench")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluation of a generator with the judge.")
+app.add_typer(eval_app, name="eval")
 
 
 def _mount_train() -> None:
@@ -230,11 +232,54 @@ def bench_model_cmd(
     as_json: bool = typer.Option(False, "--json"),
     steps: int = typer.Option(50, help="sampling steps of the cache benchmark"),
     repeats: int = typer.Option(10, help="forward passes timed per model"),
+    ref_latent: int = typer.Option(26, help="side of each reference's latent (26: 169 tokens; 32: a frame's 256)"),
 ) -> None:
     """IDCrafter vs diffusers' Wan forward, condition-cache speed-up, achieved GEMM fraction."""
     from idcrafter.bench import bench_model
 
-    _print_metrics(bench_model(steps=steps, repeats=repeats), as_json)
+    if not 2 <= ref_latent <= 32 or ref_latent % 2:
+        raise InputError(f"--ref-latent must be even and in 2..32 (the bench preset takes 256 tokens), got {ref_latent}")
+    _print_metrics(bench_model(steps=steps, repeats=repeats, ref_latent=ref_latent), as_json)
+
+
+@bench_app.command("train")
+def bench_train_cmd(
+    as_json: bool = typer.Option(False, "--json"),
+    target: list[str] = typer.Option(["sprites", "bench"], help="a recipe name, or `bench` (the bench model size)"),
+    repeats: int = typer.Option(5, help="training steps timed per target"),
+    threads: Optional[int] = typer.Option(None, help="torch threads (default: all cores)"),
+) -> None:
+    """Training step speed: samples/s, achieved fraction of the fp32 GEMM peak, peak memory."""
+    from idcrafter.bench import bench_train
+
+    res = bench_train(tuple(target), repeats=repeats, threads=threads)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    for name, figures in res.items():
+        typer.echo(f"[{name}]")
+        _print_metrics(figures, False)
+
+
+@eval_app.command("heldout")
+def eval_heldout(
+    model: Path = typer.Option(Path("assets/checkpoints/sprites-sft"), help="a SpriteWorld pipeline folder"),
+    n: int = typer.Option(16, help="held-out casts"), seed: int = typer.Option(1234),
+    steps: int = typer.Option(20), cfg: float = typer.Option(2.5),
+    out: Path = typer.Option(Path("outputs/heldout"), help="heldout.json and contact sheets"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Generate held-out SpriteWorld casts and judge them beside the ground truth's own figures."""
+    from idcrafter.heldout import HeldoutConfig, evaluate_heldout, metrics_table
+    from idcrafter.pipeline import IDCrafterPipeline
+
+    if not (model / "model_index.json").is_file():
+        raise InputError(f"{model} is not a pipeline folder (no model_index.json)")
+    result = evaluate_heldout(IDCrafterPipeline.from_pretrained(str(model)),
+                              HeldoutConfig(n=n, seed=seed, steps=steps, guidance=cfg), out_dir=out)
+    typer.echo(json.dumps({k: result[k] for k in ("generated", "ground_truth")}, indent=2) if as_json
+               else metrics_table(result))
+    typer.echo(f"wrote {out}/heldout.json", err=True)
 
 
 @app.command("demo")

@@ -17,6 +17,12 @@ How it departs from Wan2.1 (diffusers' `WanTransformer3DModel`), and why:
 - How the prompt is encoded is `text_mode`: `t5` (Wan's), `vlm` (Qwen2.5-VL grounded tokens in
   place of T5, projected to Wan's text width), `t5+vlm` (the paper's dual encoder: T5 feeds Wan's
   cross-attention, VLM tokens guide the subject stream and join the subject branch's context).
+- Wan pads every prompt to 512 tokens with zero embeddings, and its cross-attention reads all
+  512 keys. Attention over n identical keys equals attention over one of them with its logit
+  raised by log n, so each row's trailing run of identical tokens is collapsed into one key
+  with that additive bias (`collapse_padding`): the same result up to rounding, with
+  cross-attention reading the prompt's real length + 1 keys.
+  The subject stream (new, so free of Wan's conventions) reads each distinct token once.
 - Not supported: Wan's image-to-video variant (`image_dim` / added K/V), which this model replaces.
 """
 
@@ -47,13 +53,38 @@ TEXT_MODES = ("t5", "vlm", "t5+vlm")
 NEW_MODULE_PREFIXES = ("subject_embed.", "subject_stream.", "vlm_proj.", "vlm_to_text.", "subject_in.")
 
 KV = tuple[torch.Tensor, torch.Tensor]
+TextKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # keys, values, additive bias
+
+
+def collapse_padding(tokens: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+    """Where each row's trailing run of identical tokens (padding) ends up after collapsing.
+
+    tokens (B, L, D) -> (kept length Lk, additive key bias (B, 1, 1, Lk) or None). Row b keeps
+    its first L - n_b + 1 tokens (n_b = length of its trailing run of copies of its last token);
+    the kept copy gets bias log(n_b), positions past a row's kept length get -inf. Since
+    sum_j exp(s_j) v_j over n equal keys is exp(s + log n) v, attention is unchanged. None
+    (keep everything) when no row has a run of 2 or more.
+    """
+    b, l, _ = tokens.shape
+    same = (tokens == tokens[:, -1:]).all(-1)  # (B, L): equal to the row's last token
+    run = same.flip(1).int().cumprod(1).sum(1)  # (B,) length of the trailing run
+    if int(run.max()) < 2:
+        return l, None
+    keep = l - run + 1  # (B,)
+    lk = int(keep.max())
+    pos = torch.arange(lk, device=tokens.device)
+    bias = torch.zeros(b, lk, device=tokens.device, dtype=torch.float32)
+    bias[pos[None] >= keep[:, None]] = float("-inf")
+    bias[torch.arange(b, device=tokens.device), keep - 1] = run.float().log()
+    return lk, bias[:, None, None, :]
 
 
 @dataclass
 class ConditionCache:
     """Everything static across denoising steps, for one (possibly CFG-doubled) batch.
 
-    text_kv[i]: block i's text keys/values, each (B, H, Lt, D).
+    text_kv[i]: block i's text keys/values, each (B, H, Lt', D), and the additive key bias
+        (B, 1, 1, Lt') of collapsed padding or None (see `collapse_padding`).
     subject_kv[i]: block i's subject-branch keys, values (R, H, 1+Ls, D), key mask (R, 1+Ls) or
         None when every key is valid, and the indices (R,) of the rows that have subjects (None
         = all rows); None when no row has subjects (then the branch is skipped: pure Wan). Rows
@@ -62,7 +93,7 @@ class ConditionCache:
     dtype: the dtype of the projected text context (Wan casts the time embedding to it).
     """
 
-    text_kv: list[KV]
+    text_kv: list[TextKV]
     subject_kv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]] | None
     batch_size: int
     dtype: torch.dtype
@@ -75,12 +106,12 @@ class IDCrafterBlock(WanTransformerBlock):
         super().__init__(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps, None)
         self.subject_branch = SubjectBranch(dim, num_heads, eps)
 
-    def text_kv(self, context: torch.Tensor) -> KV:
-        """Keys/values of the projected text context (B, L, C) -> (B, H, L, D) each."""
+    def text_kv(self, context: torch.Tensor, bias: torch.Tensor | None = None) -> TextKV:
+        """Keys/values of the projected text context (B, L, C) -> (B, H, L, D) each, and its bias."""
         a = self.attn2
-        return split_heads(a.norm_k(a.to_k(context)), a.heads), split_heads(a.to_v(context), a.heads)
+        return split_heads(a.norm_k(a.to_k(context)), a.heads), split_heads(a.to_v(context), a.heads), bias
 
-    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor, rotary_emb, text_kv: KV,
+    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor, rotary_emb, text_kv: TextKV,
                 subject_kv=None) -> torch.Tensor:
         # hidden_states (B, L, C); temb (B, 6, C) or (B, L, 6, C)
         table = self.scale_shift_table if temb.ndim == 3 else self.scale_shift_table.unsqueeze(0)
@@ -98,8 +129,9 @@ class IDCrafterBlock(WanTransformerBlock):
         a = self.attn2
         norm = self.norm2(hidden_states.float()).type_as(hidden_states)
         q = split_heads(a.norm_q(a.to_q(norm)), a.heads)  # (B, H, L, D)
-        k, v = text_kv
-        out = merge_heads(F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))).type_as(q)
+        k, v, bias = text_kv
+        bias = None if bias is None else bias.to(q.dtype)
+        out = merge_heads(F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=bias)).type_as(q)
         if subject_kv is not None:
             rows = subject_kv[3]
             if rows is None:
@@ -217,14 +249,21 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         grounded_mask: torch.Tensor | None = None,
     ) -> ConditionCache:
         """Compute the static per-sample conditions once (see `ConditionCache`)."""
-        context = self.text_context(encoder_hidden_states, grounded_hidden_states)  # (B, Lt, C)
-        text_kv = [blk.text_kv(context) for blk in self.blocks]
+        # the prompt with its padding collapsed: (B, Lt', C) and Wan's multiplicity bias
+        vlm_text = self.config.text_mode == "vlm"
+        source = grounded_hidden_states if vlm_text else encoder_hidden_states
+        kept, bias = (None, None) if source is None else collapse_padding(source)
+        source = None if source is None else source[:, :kept]
+        context = self.text_context(None if vlm_text else source, source if vlm_text else None)
+        text_kv = [blk.text_kv(context, bias) for blk in self.blocks]
         subject_kv = None
         if subject_latents is not None:
             b = context.shape[0]
             if self.config.text_mode == "t5":
+                # the subject stream reads each distinct prompt token once (one padding token)
                 g = context
-                gm = encoder_attention_mask if encoder_attention_mask is not None else \
+                gm = encoder_attention_mask[:, :kept] if encoder_attention_mask is not None else \
+                    (bias[:, 0, 0] > float("-inf")) if bias is not None else \
                     torch.ones(b, g.shape[1], dtype=torch.bool, device=g.device)
             else:
                 g = self.vlm_proj(grounded_hidden_states)

@@ -1,6 +1,7 @@
 """`idcrafter train ...`: the training commands (`train_app`, mounted by `idcrafter.cli`).
 
     idcrafter train sft --recipe sprites [--run-dir runs/sprites] [--resume] [key=value ...]
+    idcrafter train export --run-dir runs/sprites --out assets/checkpoints/sprites-sft
 
 Overrides are dotted config keys (`optim.lr=1e-4`, `train.mode=lora`, `data.batch_size=8`,
 `eval.timesteps=[0.6,0.9]`); the resolved config is written to `<run-dir>/config.json`. With
@@ -68,6 +69,23 @@ def sft(
     last = run_sft(cfg, run_dir, resume=resume)
     typer.echo(json.dumps({k: v for k, v in last.items() if isinstance(v, (int, float))}))
     typer.echo(f"run folder: {run_dir}")
+
+
+@train_app.command("export")
+def export(
+    run_dir: Path = typer.Option(Path("runs/sprites"), help="the run folder"),
+    out: Path = typer.Option(Path("assets/checkpoints/sprites-sft"), help="the pipeline folder to write"),
+    n: int = typer.Option(16, help="held-out casts for the card's metrics"),
+    steps: int = typer.Option(20, help="sampling steps of the held-out evaluation"),
+    checkpoint: Optional[int] = typer.Option(None, help="step to export (default: the newest)"),
+) -> None:
+    """Ship a run: copy its checkpoint's pipeline to OUT, evaluate it held-out, write the card."""
+    from idcrafter.train.export import export_run
+
+    res = export_run(run_dir, out, n=n, steps=steps, checkpoint=checkpoint)
+    typer.echo(json.dumps({"step": res["step"], "generated": res["generated"], "ground_truth": res["ground_truth"]},
+                          indent=2))
+    typer.echo(f"wrote {out} (card: {out}/README.md)")
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ class ModelConfig:
     text_encoder: str = "tiny"  # "tiny" (random UMT5, SpriteWorld vocabulary) or a local UMT5/Wan folder
     text_dim: int = 64  # d_model of the tiny text encoder
     text_max_length: int = 128
-    vlm_path: str | None = None  # Qwen2.5-VL folder, for text_mode "vlm" / "t5+vlm"
+    vlm_path: str | None = None  # Qwen2.5-VL folder (or "tiny": random, SpriteWorld words), for text_mode "vlm" / "t5+vlm"
     wan_path: str | None = None
     init_pipeline: str | None = None
     frozen_dtype: str = "float32"  # dtype of frozen weights (text encoder, VLM, VAE, frozen base)

@@ -87,7 +87,11 @@ def build_model_pipeline(cfg: "ModelConfig") -> "IDCrafterPipeline":
         return IDCrafterPipeline.from_pretrained(str(path), local_files_only=True)
     codec, text = build_codec(cfg), build_text_encoder(cfg)
     vlm = None
-    if cfg.vlm_path:
+    if cfg.vlm_path == "tiny":  # random frozen Qwen2.5-VL over SpriteWorld's words (ablations)
+        from idcrafter.encoders.vlm import VLMGrounder
+
+        vlm = VLMGrounder.tiny(cfg.text_dim, vocab_words=caption_vocabulary(), seed=cfg.seed + 1)
+    elif cfg.vlm_path:
         from idcrafter.encoders.vlm import VLMGrounder
 
         vlm = VLMGrounder.from_pretrained(cfg.vlm_path, dtype=_dtype(cfg.frozen_dtype))
