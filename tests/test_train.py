@@ -145,6 +145,37 @@ def test_stream_positions_and_collate():
     s1.close()
 
 
+def test_bucketed_order_by_hand_and_properties():
+    from idcrafter.train.data import bucketed_order
+
+    ks = np.array([1, 2, 1, 2, 2, 3])  # buckets: K=1 {0, 2}, K=2 {1, 3, 4}, K=3 {5}
+    order = bucketed_order(ks, batch=2, seed=0, epoch=0)
+    assert len(order) == 2 + 4 + 2  # each bucket rounded up to whole chunks of 2
+    chunks = order.reshape(-1, 2)
+    assert all(len(set(ks[c])) == 1 for c in chunks)  # one K per aligned chunk
+    assert set(order.tolist()) == set(range(6))  # every item is used
+    assert sorted(ks[chunks[:, 0]].tolist()) == [1, 2, 2, 3]
+    assert np.array_equal(order, bucketed_order(ks, 2, 0, 0))
+    assert not np.array_equal(order, bucketed_order(ks, 2, 0, 1))  # reshuffled per epoch
+
+
+def test_bucketing_gives_one_k_per_micro_batch(tmp_path):
+    from idcrafter.train.data import FolderSource
+    from idcrafter.world.dataset import make_dataset
+    from idcrafter.world.scene import WorldConfig
+
+    proc = ProceduralSource(DataConfig(frames=3, height=24, width=24, ref_size=16, batch_size=4,
+                                       bucket_by_subjects=True))
+    ks = [[len(proc.get(p).refs) for p in range(m * 4, m * 4 + 4)] for m in range(6)]
+    assert all(len(set(k)) == 1 for k in ks) and len({k[0] for k in ks}) > 1
+    make_dataset(tmp_path / "ds", "train", 10, seed=0, config=WorldConfig(frames=3, height=24, width=24, ref_size=16),
+                 progress=False)
+    folder = FolderSource(DataConfig(source="folder", path=str(tmp_path / "ds"), frames=3, height=24, width=24,
+                                     ref_size=16, batch_size=2, bucket_by_subjects=True))
+    for m in range(8):  # across the epoch boundary too
+        assert len({len(folder.get(p).refs) for p in (2 * m, 2 * m + 1)}) == 1
+
+
 def test_manifest_skips_and_counts_corrupt_videos(tmp_path, caplog):
     from idcrafter.utils.media import save_image, write_mp4
 

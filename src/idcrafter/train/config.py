@@ -83,6 +83,7 @@ class DataConfig:
     width: int = 48
     ref_size: int = 32
     num_subjects: int | None = None  # procedural: fixed K, None = uniform 1..4
+    bucket_by_subjects: bool = False  # one K per micro-batch instead of padding (see train.data)
     limit: int | None = None  # cycle over the first `limit` examples (overfitting, debugging)
     frame_stride: int = 1  # manifest: take every n-th frame
     batch_size: int = 16  # per process and micro-step

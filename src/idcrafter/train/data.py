@@ -6,10 +6,15 @@ exactly, and the global batch of step s is positions [s G, (s + 1) G), G = the g
 split over processes and micro-steps (`BatchStream`); so the examples a run sees do not depend on
 the number of processes.
 
-Subjects per batch: batches are **padded** to the largest K in the batch (absent references are
-zeros with `ref_mask` False, which the model masks out), not bucketed by K. SpriteWorld draws K
-uniformly in 1..4, so bucketing would either change the example order (and with it resumability
-by position) or starve large K; padding costs only subject-stream compute, a few percent here.
+Subjects per batch: by default batches are **padded** to the largest K in the batch (absent
+references are zeros with `ref_mask` False, which the model masks out). With
+`data.bucket_by_subjects`, every micro-batch holds one K, still as a pure function of position
+(micro-batches are aligned: micro-batch m is positions [m B, (m + 1) B)): the procedural source
+draws K per micro-batch; the finite sources order each epoch as shuffled chunks of B items of
+one K (`bucketed_order`; a bucket's last chunk is filled up with items of the same bucket), so
+no K is starved and resuming by position stays exact. Padding costs only subject-stream compute,
+a few percent for SpriteWorld's 36-token references; bucketing matters for real references of
+~1000 tokens each.
 
 Manifest (JSONL, one object per line; relative paths are relative to the manifest's folder):
 
@@ -83,6 +88,43 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 99]).permutation(n)
 
 
+def bucketed_order(ks: np.ndarray, batch: int, seed: int, epoch: int) -> np.ndarray:
+    """An epoch's item order in which every aligned run of `batch` items has one K.
+
+    Items are shuffled, grouped by K (ks[i] = subjects of item i), cut into chunks of `batch`
+    (a bucket's last chunk is completed by cycling through that bucket), and the chunks shuffled.
+    Length: sum over buckets of ceil(size / batch) * batch.
+    """
+    rng = np.random.default_rng([seed, epoch, 98])
+    perm = rng.permutation(len(ks))
+    chunks = []
+    for k in np.unique(ks):
+        members = perm[ks[perm] == k]
+        n = -(-len(members) // batch) * batch
+        members = np.resize(members, n)  # cycles: completes the last chunk from the same bucket
+        chunks += list(members.reshape(-1, batch))
+    order = rng.permutation(len(chunks))
+    return np.concatenate([chunks[i] for i in order])
+
+
+class _EpochOrder:
+    """Position -> item index of a finite source: shuffled per epoch, or bucketed by K."""
+
+    def __init__(self, n: int, cfg: DataConfig, subjects):
+        self.n, self.cfg = n, cfg
+        self.ks = np.asarray(subjects()) if cfg.bucket_by_subjects else None
+        self.length = n if self.ks is None else len(bucketed_order(self.ks, cfg.batch_size, cfg.seed, 0))
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def item(self, position: int) -> int:
+        epoch, offset = divmod(position, self.length)
+        if self._cache is None or self._cache[0] != epoch:
+            order = epoch_order(self.n, self.cfg.seed, epoch) if self.ks is None else \
+                bucketed_order(self.ks, self.cfg.batch_size, self.cfg.seed, epoch)
+            self._cache = (epoch, order)
+        return int(self._cache[1][offset])
+
+
 class ProceduralSource:
     """SpriteWorld rendered on the fly: position p is `make_example(seed, p, split)`."""
 
@@ -98,7 +140,13 @@ class ProceduralSource:
         from idcrafter.world.dataset import make_example
 
         index = position % self.cfg.limit if self.cfg.limit else position
-        ex = make_example(self.cfg.seed, index, self.split, self.world, num_subjects=self.cfg.num_subjects)
+        k = self.cfg.num_subjects
+        if k is None and self.cfg.bucket_by_subjects:  # one K per micro-batch, uniform in 1..4
+            from idcrafter.world.scene import MAX_SUBJECTS
+
+            micro = position // self.cfg.batch_size
+            k = 1 + int(np.random.default_rng([self.cfg.seed, micro, 97]).integers(MAX_SUBJECTS))
+        ex = make_example(self.cfg.seed, index, self.split, self.world, num_subjects=k)
         return Sample(ex.clip.frames, ex.refs, ex.caption, position, ex.clip.masks > 0)
 
 
@@ -117,10 +165,10 @@ class FolderSource:
             raise InputError(f"{cfg.path} has {t}-frame clips; data.frames={cfg.frames} is not an even subsample")
         self.frame_idx = np.linspace(0, t - 1, cfg.frames).round().astype(int)
         self.n = min(len(self.ds), cfg.limit) if cfg.limit else len(self.ds)
+        self.order = _EpochOrder(self.n, cfg, lambda: np.asarray(self.ds.num_subjects[: self.n]))
 
     def get(self, position: int) -> Sample:
-        epoch, offset = divmod(position, self.n)
-        item = self.ds[int(epoch_order(self.n, self.cfg.seed, epoch)[offset])]
+        item = self.ds[self.order.item(position)]
         return Sample(item["frames"][self.frame_idx], item["refs"], item["caption"], position,
                       item["masks"][self.frame_idx] > 0)
 
@@ -140,6 +188,8 @@ class ManifestSource:
         if not self.items:
             raise InputError(f"manifest {path} has no items")
         self.bad: set[int] = set()
+        self.order = _EpochOrder(len(self.items), cfg,
+                                 lambda: np.array([len(it["references"]) for it in self.items]))
 
     def _parse(self, line: str, i: int, path: Path) -> dict:
         try:
@@ -155,8 +205,7 @@ class ManifestSource:
 
     def get(self, position: int) -> Sample:
         n = len(self.items)
-        epoch, offset = divmod(position, n)
-        start = int(epoch_order(n, self.cfg.seed, epoch)[offset])
+        start = self.order.item(position)
         for attempt in range(n):
             i = (start + attempt) % n
             if i in self.bad:

@@ -157,6 +157,11 @@ class SpriteWorldDataset:
     def __len__(self) -> int:
         return int(self.manifest["num"])
 
+    @property
+    def num_subjects(self) -> np.ndarray:
+        """(N,) subjects of each example (memory-mapped)."""
+        return self._open()["num_subjects"]
+
     def _open(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
             self._arrays = {name: np.load(self.root / f"{name}.npy", mmap_mode="r")
