@@ -36,10 +36,11 @@ def perturb_new(model, scale=0.3):
             p.data.normal_(0, scale)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_parity_with_wan_at_initialisation(variant):
+@pytest.mark.parametrize("variant,attention", [(v, "self") for v in VARIANTS] + [("hierarchical", "cross")])
+def test_parity_with_wan_at_initialisation(variant, attention):
     wan = tiny_wan()
-    model = IDCrafterTransformer3DModel.from_wan(wan, subject_variant=variant, max_ref_tokens=64).eval()
+    model = IDCrafterTransformer3DModel.from_wan(wan, subject_variant=variant, max_ref_tokens=64,
+                                                 subject_attention=attention).eval()
     x, t, txt, refs = inputs()
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
     with torch.no_grad():
@@ -132,8 +133,9 @@ def test_intra_stage_of_a_is_unchanged_when_b_changes_but_inter_stage_mixes():
     assert not torch.allclose(f1[:, :n], f2[:, :n])  # inter-subject stage lets A see B
 
 
-def test_gradients_reach_every_new_parameter():
-    model = IDCrafterTransformer3DModel(**preset("debug", text_mode="t5+vlm", vlm_dim=24))
+@pytest.mark.parametrize("attention", ["self", "cross"])
+def test_gradients_reach_every_new_parameter(attention):
+    model = IDCrafterTransformer3DModel(**preset("debug", text_mode="t5+vlm", vlm_dim=24, subject_attention=attention))
     perturb_new(model)
     x, t, txt, refs = inputs()
     vlm = torch.randn(2, 5, 24)

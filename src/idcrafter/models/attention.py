@@ -73,35 +73,47 @@ class SubjectLayer(nn.Module):
 
 class SubjectBranch(nn.Module):
     """The subject branch of a DiT block: video queries attend to [subject tokens; grounded
-    tokens] in a softmax of their own; the result joins the text cross-attention's output
-    *before* its output projection, scaled by a per-channel gate that starts at zero.
+    tokens] in a softmax of their own; the result joins an attention's output *before* its
+    output projection, scaled by a per-channel gate that starts at zero.
 
-    It shares the query and the output projection of the block's text cross-attention (as
-    IP-Adapter's decoupled cross-attention does), so it adds only two projections per block. A
-    learned *sink* key with a zero value lets a query attend to nothing, so samples without
+    `source` says which of the block's attentions it extends (the model's `subject_attention`):
+    - "self" (default): the self-attention. Queries are the video tokens' self-attention queries
+      before RoPE (content only), keys/values come from the self-attention's own projections,
+      so subject tokens are read exactly as video tokens would be (Phantom's insight: reference
+      tokens in the video's own attention space are copied from early in training). The branch
+      owns only its gate and sink.
+    - "cross": the text cross-attention, IP-Adapter style: its query, and key/value projections
+      of the branch's own (`from_wan` starts them as copies of the cross-attention's).
+    A learned *sink* key with a zero value lets a query attend to nothing, so samples without
     subjects (the unconditional branch of guidance) get exactly zero from this branch.
     """
 
-    def __init__(self, dim: int, heads: int, eps: float = 1e-6):
+    def __init__(self, dim: int, heads: int, eps: float = 1e-6, source: str = "self"):
         super().__init__()
-        self.heads = heads
-        self.to_k = nn.Linear(dim, dim)
-        self.to_v = nn.Linear(dim, dim)
-        self.norm_k = nn.RMSNorm(dim, eps=eps)
+        if source not in ("self", "cross"):
+            raise ValueError(f"subject_attention must be 'self' or 'cross', got {source!r}")
+        self.heads, self.source = heads, source
+        if source == "cross":
+            self.to_k = nn.Linear(dim, dim)
+            self.to_v = nn.Linear(dim, dim)
+            self.norm_k = nn.RMSNorm(dim, eps=eps)
         self.sink_k = nn.Parameter(torch.zeros(1, heads, 1, dim // heads))
         self.gate = nn.Parameter(torch.zeros(dim))
 
-    def project(self, context: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def project(self, context: torch.Tensor, mask: torch.Tensor | None, attn: nn.Module | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Keys/values of the static context (cacheable): (B, H, 1+Lc, D) x2 and mask (B, 1+Lc)
-        (None when every key is valid: SDPA then runs without a mask)."""
+        (None when every key is valid: SDPA then runs without a mask). `attn` is the block's
+        self-attention when the branch reads through its projections."""
         b = context.shape[0]
-        k = split_heads(self.norm_k(self.to_k(context)), self.heads)
-        v = split_heads(self.to_v(context), self.heads)
+        proj = self if self.source == "cross" else attn
+        k = split_heads(proj.norm_k(proj.to_k(context)), self.heads)
+        v = split_heads(proj.to_v(context), self.heads)
         k = torch.cat([self.sink_k.expand(b, -1, -1, -1).to(k.dtype), k], 2)
         v = torch.cat([v.new_zeros(b, self.heads, 1, v.shape[-1]), v], 2)
         return k, v, None if mask is None else torch.cat([mask.new_ones(b, 1), mask], 1)
 
     def forward(self, q: torch.Tensor, kv: tuple) -> torch.Tensor:
-        # q (B, H, Lv, D) from the block's cross-attention -> gated (B, Lv, C), before to_out
+        # q (B, H, Lv, D) from the extended attention -> gated (B, Lv, C), before its to_out
         k, v, mask = kv[:3]
         return merge_heads(masked_attention(q, k.to(q.dtype), v.to(q.dtype), mask)) * self.gate.to(q.dtype)

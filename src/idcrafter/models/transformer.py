@@ -2,9 +2,12 @@
 
 How it departs from Wan2.1 (diffusers' `WanTransformer3DModel`), and why:
 - Every Wan weight keeps its name and role; `from_wan` loads them strictly.
-- Each block gains a *subject branch*: video queries (the block's text cross-attention query,
-  computed once) attend to [subject tokens; grounded tokens] in a softmax of their own, added to
-  the text attention's output before its projection through a zero-initialised gate. So before
+- Each block gains a *subject branch*: video queries attend to [subject tokens; grounded
+  tokens] in a softmax of their own, added to an attention's output before its projection
+  through a zero-initialised gate. `subject_attention` picks the attention: "self" (default:
+  the self-attention's content queries and its own key/value projections, so references are
+  read like video tokens, as Phantom does; measured to learn where "cross" did not, see
+  docs/model.md) or "cross" (the text cross-attention's query, IP-Adapter style). Before
   training the model *is* Wan, with or without subjects, and samples without subjects
   (guidance's unconditional branch) get exactly zero from the branch (a learned sink key with a
   zero value absorbs their attention).
@@ -99,12 +102,48 @@ class ConditionCache:
     dtype: torch.dtype
 
 
-class IDCrafterBlock(WanTransformerBlock):
-    """A Wan block (same weights, same maths) with a subject branch after cross-attention."""
+def apply_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Wan's rotary embedding (diffusers' `WanAttnProcessor`, same maths): x (B, L, H, D)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
 
-    def __init__(self, dim: int, ffn_dim: int, num_heads: int, qk_norm: str, cross_attn_norm: bool, eps: float):
+
+class IDCrafterBlock(WanTransformerBlock):
+    """A Wan block (same weights, same maths) with a subject branch on one of its attentions."""
+
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, qk_norm: str, cross_attn_norm: bool, eps: float,
+                 subject_attention: str = "self"):
         super().__init__(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps, None)
-        self.subject_branch = SubjectBranch(dim, num_heads, eps)
+        self.subject_branch = SubjectBranch(dim, num_heads, eps, subject_attention)
+
+    def subject_kv(self, context: torch.Tensor, mask: torch.Tensor | None):
+        """The branch's cached keys/values of the static subject context (see `ConditionCache`)."""
+        return self.subject_branch.project(context, mask, self.attn1)
+
+    def _branch(self, out: torch.Tensor, q: torch.Tensor, subject_kv) -> torch.Tensor:
+        """Add the gated branch (over the rows that have subjects) to an attention output (B, L, C)."""
+        rows = subject_kv[3]
+        if rows is None:
+            return out + self.subject_branch(q, subject_kv).type_as(out)
+        return out.index_add(0, rows, self.subject_branch(q[rows], subject_kv).type_as(out))
+
+    def self_attention(self, x: torch.Tensor, rotary_emb, subject_kv) -> torch.Tensor:
+        """Wan's self-attention (`WanAttnProcessor` maths) on x (B, L, C), plus the branch when it
+        reads through the self-attention."""
+        a = self.attn1
+        q = a.norm_q(a.to_q(x)).unflatten(2, (a.heads, -1))  # (B, L, H, D)
+        k = a.norm_k(a.to_k(x)).unflatten(2, (a.heads, -1))
+        v = a.to_v(x).unflatten(2, (a.heads, -1))
+        qr, kr = apply_rope(q, *rotary_emb), apply_rope(k, *rotary_emb)
+        out = merge_heads(F.scaled_dot_product_attention(qr.transpose(1, 2), kr.transpose(1, 2), v.transpose(1, 2)))
+        out = out.type_as(q)
+        if subject_kv is not None and self.subject_branch.source == "self":
+            out = self._branch(out, q.transpose(1, 2), subject_kv)  # content queries, before RoPE
+        return a.to_out[1](a.to_out[0](out))
 
     def text_kv(self, context: torch.Tensor, bias: torch.Tensor | None = None) -> TextKV:
         """Keys/values of the projected text context (B, L, C) -> (B, H, L, D) each, and its bias."""
@@ -120,24 +159,20 @@ class IDCrafterBlock(WanTransformerBlock):
             mods = tuple(m.squeeze(2) for m in mods)
         shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = mods
 
-        # 1. self-attention (unchanged Wan)
+        # 1. self-attention (Wan's maths) + the subject branch when it extends self-attention
         norm = (self.norm1(hidden_states.float()) * (1 + scale_msa) + shift_msa).type_as(hidden_states)
-        attn = self.attn1(norm, None, None, rotary_emb)
+        attn = self.self_attention(norm, rotary_emb, subject_kv)
         hidden_states = (hidden_states.float() + attn * gate_msa).type_as(hidden_states)
 
-        # 2. cross-attention to text (Wan's maths with cached K/V) + the subject branch
+        # 2. cross-attention to text (Wan's maths with cached K/V) + the branch when it extends it
         a = self.attn2
         norm = self.norm2(hidden_states.float()).type_as(hidden_states)
         q = split_heads(a.norm_q(a.to_q(norm)), a.heads)  # (B, H, L, D)
         k, v, bias = text_kv
         bias = None if bias is None else bias.to(q.dtype)
         out = merge_heads(F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=bias)).type_as(q)
-        if subject_kv is not None:
-            rows = subject_kv[3]
-            if rows is None:
-                out = out + self.subject_branch(q, subject_kv).type_as(out)
-            else:
-                out = out.index_add(0, rows, self.subject_branch(q[rows], subject_kv).type_as(out))
+        if subject_kv is not None and self.subject_branch.source == "cross":
+            out = self._branch(out, q, subject_kv)
         hidden_states = hidden_states + a.to_out[1](a.to_out[0](out))
 
         # 3. feed-forward (unchanged Wan)
@@ -178,6 +213,7 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         text_mode: str = "t5",
         vlm_dim: int | None = None,
         subject_feature_dim: int | None = None,
+        subject_attention: str = "self",
     ) -> None:
         super().__init__()
         if text_mode not in TEXT_MODES:
@@ -189,7 +225,8 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
         self.condition_embedder = WanTimeTextImageEmbedding(dim, freq_dim, dim * 6, text_dim)
         self.blocks = nn.ModuleList(
-            IDCrafterBlock(dim, ffn_dim, num_attention_heads, qk_norm, cross_attn_norm, eps) for _ in range(num_layers))
+            IDCrafterBlock(dim, ffn_dim, num_attention_heads, qk_norm, cross_attn_norm, eps, subject_attention)
+            for _ in range(num_layers))
         self.norm_out = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.proj_out = nn.Linear(dim, (out_channels or in_channels) * math.prod(patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
@@ -279,7 +316,7 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 if rows is not None:
                     ctx, ctx_mask = ctx[rows], ctx_mask[rows]
                 mask = None if ctx_mask.all() else ctx_mask
-                subject_kv = [(*blk.subject_branch.project(ctx, mask), rows) for blk in self.blocks]
+                subject_kv = [(*blk.subject_kv(ctx, mask), rows) for blk in self.blocks]
         return ConditionCache(text_kv, subject_kv, context.shape[0], context.dtype)
 
     # ------------------------------------------------------------------ forward
@@ -346,8 +383,9 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     @classmethod
     def from_wan(cls, wan: Any, **subject_config: Any) -> "IDCrafterTransformer3DModel":
         """Build from a diffusers `WanTransformer3DModel` (instance or local folder): every base
-        weight is loaded strictly; new modules are added (subject-branch keys/values start as
-        copies of the text cross-attention's, outputs at zero, so the result equals Wan)."""
+        weight is loaded strictly; new modules are added with zero output gates, so the result
+        equals Wan (with `subject_attention="cross"` the branch's keys/values start as copies of
+        the text cross-attention's)."""
         from diffusers import WanTransformer3DModel
 
         if not isinstance(wan, WanTransformer3DModel):
@@ -380,7 +418,7 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if unexpected or bad:
             raise RuntimeError(f"Wan weights did not map onto the model: unexpected={unexpected[:5]} missing={bad[:5]}")
         with torch.no_grad():
-            for blk in model.blocks:
+            for blk in model.blocks if model.config.subject_attention == "cross" else ():
                 blk.subject_branch.to_k.load_state_dict(blk.attn2.to_k.state_dict())
                 blk.subject_branch.to_v.load_state_dict(blk.attn2.to_v.state_dict())
                 blk.subject_branch.norm_k.load_state_dict(blk.attn2.norm_k.state_dict())
