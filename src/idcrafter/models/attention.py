@@ -74,7 +74,8 @@ class SubjectLayer(nn.Module):
 class SubjectBranch(nn.Module):
     """The subject branch of a DiT block: video queries attend to [subject tokens; grounded
     tokens] in a softmax of their own; the result joins an attention's output *before* its
-    output projection, scaled by a per-channel gate that starts at zero.
+    output projection, scaled by a per-channel gate that starts at zero (Wan parity), or at
+    `gate_init` for a model trained from scratch, where a zero gate only delays learning.
 
     `source` says which of the block's attentions it extends (the model's `subject_attention`):
     - "self" (default): the self-attention. Queries are the video tokens' self-attention queries
@@ -88,7 +89,7 @@ class SubjectBranch(nn.Module):
     subjects (the unconditional branch of guidance) get exactly zero from this branch.
     """
 
-    def __init__(self, dim: int, heads: int, eps: float = 1e-6, source: str = "self"):
+    def __init__(self, dim: int, heads: int, eps: float = 1e-6, source: str = "self", gate_init: float = 0.0):
         super().__init__()
         if source not in ("self", "cross"):
             raise ValueError(f"subject_attention must be 'self' or 'cross', got {source!r}")
@@ -98,7 +99,7 @@ class SubjectBranch(nn.Module):
             self.to_v = nn.Linear(dim, dim)
             self.norm_k = nn.RMSNorm(dim, eps=eps)
         self.sink_k = nn.Parameter(torch.zeros(1, heads, 1, dim // heads))
-        self.gate = nn.Parameter(torch.zeros(dim))
+        self.gate = nn.Parameter(torch.full((dim,), float(gate_init)))
 
     def project(self, context: torch.Tensor, mask: torch.Tensor | None, attn: nn.Module | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -116,9 +116,9 @@ class IDCrafterBlock(WanTransformerBlock):
     """A Wan block (same weights, same maths) with a subject branch on one of its attentions."""
 
     def __init__(self, dim: int, ffn_dim: int, num_heads: int, qk_norm: str, cross_attn_norm: bool, eps: float,
-                 subject_attention: str = "self"):
+                 subject_attention: str = "self", subject_gate_init: float = 0.0):
         super().__init__(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps, None)
-        self.subject_branch = SubjectBranch(dim, num_heads, eps, subject_attention)
+        self.subject_branch = SubjectBranch(dim, num_heads, eps, subject_attention, subject_gate_init)
 
     def subject_kv(self, context: torch.Tensor, mask: torch.Tensor | None):
         """The branch's cached keys/values of the static subject context (see `ConditionCache`)."""
@@ -214,6 +214,7 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         vlm_dim: int | None = None,
         subject_feature_dim: int | None = None,
         subject_attention: str = "self",
+        subject_gate_init: float = 0.0,
     ) -> None:
         super().__init__()
         if text_mode not in TEXT_MODES:
@@ -225,8 +226,8 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
         self.condition_embedder = WanTimeTextImageEmbedding(dim, freq_dim, dim * 6, text_dim)
         self.blocks = nn.ModuleList(
-            IDCrafterBlock(dim, ffn_dim, num_attention_heads, qk_norm, cross_attn_norm, eps, subject_attention)
-            for _ in range(num_layers))
+            IDCrafterBlock(dim, ffn_dim, num_attention_heads, qk_norm, cross_attn_norm, eps, subject_attention,
+                           subject_gate_init) for _ in range(num_layers))
         self.norm_out = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.proj_out = nn.Linear(dim, (out_channels or in_channels) * math.prod(patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
