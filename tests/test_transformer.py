@@ -36,7 +36,8 @@ def perturb_new(model, scale=0.3):
             p.data.normal_(0, scale)
 
 
-@pytest.mark.parametrize("variant,attention", [(v, "self") for v in VARIANTS] + [("hierarchical", "cross")])
+@pytest.mark.parametrize("variant,attention", [(v, "self") for v in VARIANTS] + [("hierarchical", "cross"),
+                                                                                  ("hierarchical", "layered")])
 def test_parity_with_wan_at_initialisation(variant, attention):
     wan = tiny_wan()
     model = IDCrafterTransformer3DModel.from_wan(wan, subject_variant=variant, max_ref_tokens=64,
@@ -133,7 +134,7 @@ def test_intra_stage_of_a_is_unchanged_when_b_changes_but_inter_stage_mixes():
     assert not torch.allclose(f1[:, :n], f2[:, :n])  # inter-subject stage lets A see B
 
 
-@pytest.mark.parametrize("attention", ["self", "cross"])
+@pytest.mark.parametrize("attention", ["self", "layered", "cross"])
 def test_gradients_reach_every_new_parameter(attention):
     model = IDCrafterTransformer3DModel(**preset("debug", text_mode="t5+vlm", vlm_dim=24, subject_attention=attention))
     perturb_new(model)
@@ -212,3 +213,17 @@ def test_real_presets_on_meta_device(name, billions):
     new = sum(p.numel() for p in model.new_parameters().values())
     assert total == base + new
     assert set(wan.state_dict()) <= set(model.state_dict())
+
+
+def test_layered_subject_states_ignore_the_video_and_rows_without_subjects():
+    model = IDCrafterTransformer3DModel(**preset("debug", subject_attention="layered", subject_gate_init=1.0)).eval()
+    x, t, txt, refs = inputs()
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]], dtype=torch.bool)  # row 1: no subjects
+    with torch.no_grad():
+        cache = model.build_condition_cache(txt, refs, mask)
+        out = model(x, t, condition_cache=cache).sample
+        assert torch.equal(out, model(x, t, txt, subject_latents=refs, subject_mask=mask).sample)
+        assert (out[1] - model(x, t, txt).sample[1]).abs().max() < 1e-6  # no subjects: no branch
+        assert (out[0] - model(x, t, txt).sample[0]).abs().max() > 1e-3  # subjects matter
+        again = model.build_condition_cache(txt, refs, mask)  # deterministic: one cache serves every step
+        assert all(torch.equal(a[0], b[0]) for a, b in zip(cache.subject_kv, again.subject_kv))

@@ -19,13 +19,17 @@ import torch
 from idcrafter.errors import MissingWeightsError
 from idcrafter.heldout import METRICS
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "assets" / "checkpoints" / "sprites-sft"
+def default_model() -> Path:
+    """The shipped generator: `<assets>/checkpoints/sprites-sft` (`$IDCRAFTER_ASSETS` or the repo's)."""
+    from idcrafter.judge.parts import assets_dir
+
+    return assets_dir() / "checkpoints" / "sprites-sft"
 
 
 def load_generator(model: Path | None = None):
     from idcrafter.pipeline import IDCrafterPipeline
 
-    model = Path(model) if model is not None else DEFAULT_MODEL
+    model = Path(model) if model is not None else default_model()
     if not (model / "model_index.json").is_file():
         raise MissingWeightsError(
             f"no generator at {model}: the repository ships one at assets/checkpoints/sprites-sft; "
@@ -64,7 +68,7 @@ def run_demo(out: Path, seed: int = 7, subjects: int = 3, model: Path | None = N
     judge = Judge.load()
     gen = judge.score(generated, list(ex.refs), ex.caption)
     gt = judge.score(ex.clip.frames, list(ex.refs), ex.caption)
-    result = {"caption": ex.caption, "model": str(model or DEFAULT_MODEL), "steps": steps, "guidance": guidance,
+    result = {"caption": ex.caption, "model": str(model or default_model()), "steps": steps, "guidance": guidance,
               "generated": gen.as_dict(), "ground_truth": gt.as_dict()}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     lines = [f"# idcrafter demo (held-out cast, seed {seed})", "", f"Caption: {ex.caption}", "",

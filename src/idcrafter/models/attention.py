@@ -71,6 +71,9 @@ class SubjectLayer(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
+SUBJECT_ATTENTION = ("self", "layered", "cross")
+
+
 class SubjectBranch(nn.Module):
     """The subject branch of a DiT block: video queries attend to [subject tokens; grounded
     tokens] in a softmax of their own; the result joins an attention's output *before* its
@@ -83,6 +86,10 @@ class SubjectBranch(nn.Module):
       so subject tokens are read exactly as video tokens would be (Phantom's insight: reference
       tokens in the video's own attention space are copied from early in training). The branch
       owns only its gate and sink.
+    - "layered": as "self", but the subject tokens are carried through every block themselves
+      (at timestep 0, attending only to subject and text tokens, never to the video), and the
+      video reads each block's own subject states, so they stay in that block's space, as
+      Phantom's reference frames do; still independent of the video, hence cacheable.
     - "cross": the text cross-attention, IP-Adapter style: its query, and key/value projections
       of the branch's own (`from_wan` starts them as copies of the cross-attention's).
     A learned *sink* key with a zero value lets a query attend to nothing, so samples without
@@ -91,8 +98,8 @@ class SubjectBranch(nn.Module):
 
     def __init__(self, dim: int, heads: int, eps: float = 1e-6, source: str = "self", gate_init: float = 0.0):
         super().__init__()
-        if source not in ("self", "cross"):
-            raise ValueError(f"subject_attention must be 'self' or 'cross', got {source!r}")
+        if source not in SUBJECT_ATTENTION:
+            raise ValueError(f"subject_attention must be one of {SUBJECT_ATTENTION}, got {source!r}")
         self.heads, self.source = heads, source
         if source == "cross":
             self.to_k = nn.Linear(dim, dim)
@@ -106,10 +113,14 @@ class SubjectBranch(nn.Module):
         """Keys/values of the static context (cacheable): (B, H, 1+Lc, D) x2 and mask (B, 1+Lc)
         (None when every key is valid: SDPA then runs without a mask). `attn` is the block's
         self-attention when the branch reads through its projections."""
-        b = context.shape[0]
         proj = self if self.source == "cross" else attn
         k = split_heads(proj.norm_k(proj.to_k(context)), self.heads)
         v = split_heads(proj.to_v(context), self.heads)
+        return self.with_sink(k, v, mask)
+
+    def with_sink(self, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
+        """Prepend the sink key (zero value) to keys/values (B, H, L, D) and the key mask (B, L)."""
+        b = k.shape[0]
         k = torch.cat([self.sink_k.expand(b, -1, -1, -1).to(k.dtype), k], 2)
         v = torch.cat([v.new_zeros(b, self.heads, 1, v.shape[-1]), v], 2)
         return k, v, None if mask is None else torch.cat([mask.new_ones(b, 1), mask], 1)

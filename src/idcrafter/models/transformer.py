@@ -49,7 +49,7 @@ from diffusers.models.transformers.transformer_wan import (
 from torch import nn
 
 from idcrafter.errors import InputError, MissingWeightsError
-from idcrafter.models.attention import SubjectBranch, merge_heads, split_heads
+from idcrafter.models.attention import SubjectBranch, masked_attention, merge_heads, split_heads
 from idcrafter.models.subject_stream import SubjectEmbedding, build_subject_stream
 
 TEXT_MODES = ("t5", "vlm", "t5+vlm")
@@ -124,6 +124,29 @@ class IDCrafterBlock(WanTransformerBlock):
         """The branch's cached keys/values of the static subject context (see `ConditionCache`)."""
         return self.subject_branch.project(context, mask, self.attn1)
 
+    def subject_layer(self, s: torch.Tensor, mask: torch.Tensor | None, temb0: torch.Tensor, text_kv: TextKV):
+        """Carry subject tokens s (R, Ls, C) through this block at timestep 0 ("layered"): they
+        attend to each other (valid keys: mask (R, Ls)) and to the text, never to the video.
+        Returns the next block's states and this block's cached branch keys/values."""
+        shift, scale, gate, c_shift, c_scale, c_gate = (self.scale_shift_table + temb0.float()).chunk(6, dim=1)
+        a = self.attn1
+        norm = (self.norm1(s.float()) * (1 + scale) + shift).type_as(s)
+        q = split_heads(a.norm_q(a.to_q(norm)), a.heads)
+        k = split_heads(a.norm_k(a.to_k(norm)), a.heads)
+        v = split_heads(a.to_v(norm), a.heads)
+        kv = self.subject_branch.with_sink(k, v, mask)  # what the video reads at this block
+        attn = merge_heads(masked_attention(q, k, v, mask)).type_as(s)
+        s = (s.float() + a.to_out[1](a.to_out[0](attn)) * gate).type_as(s)
+        a2 = self.attn2
+        q = split_heads(a2.norm_q(a2.to_q(self.norm2(s.float()).type_as(s))), a2.heads)
+        tk, tv, bias = text_kv
+        out = F.scaled_dot_product_attention(q, tk.to(q.dtype), tv.to(q.dtype),
+                                             attn_mask=None if bias is None else bias.to(q.dtype))
+        s = s + a2.to_out[1](a2.to_out[0](merge_heads(out).type_as(s)))
+        norm = (self.norm3(s.float()) * (1 + c_scale) + c_shift).type_as(s)
+        s = (s.float() + self.ffn(norm).float() * c_gate).type_as(s)
+        return s, kv
+
     def _branch(self, out: torch.Tensor, q: torch.Tensor, subject_kv) -> torch.Tensor:
         """Add the gated branch (over the rows that have subjects) to an attention output (B, L, C)."""
         rows = subject_kv[3]
@@ -141,7 +164,7 @@ class IDCrafterBlock(WanTransformerBlock):
         qr, kr = apply_rope(q, *rotary_emb), apply_rope(k, *rotary_emb)
         out = merge_heads(F.scaled_dot_product_attention(qr.transpose(1, 2), kr.transpose(1, 2), v.transpose(1, 2)))
         out = out.type_as(q)
-        if subject_kv is not None and self.subject_branch.source == "self":
+        if subject_kv is not None and self.subject_branch.source != "cross":
             out = self._branch(out, q.transpose(1, 2), subject_kv)  # content queries, before RoPE
         return a.to_out[1](a.to_out[0](out))
 
@@ -317,8 +340,23 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 if rows is not None:
                     ctx, ctx_mask = ctx[rows], ctx_mask[rows]
                 mask = None if ctx_mask.all() else ctx_mask
-                subject_kv = [(*blk.subject_kv(ctx, mask), rows) for blk in self.blocks]
+                if self.config.subject_attention == "layered":
+                    subject_kv = self._layered_subject_kv(ctx, mask, rows, text_kv)
+                else:
+                    subject_kv = [(*blk.subject_kv(ctx, mask), rows) for blk in self.blocks]
         return ConditionCache(text_kv, subject_kv, context.shape[0], context.dtype)
+
+    def _layered_subject_kv(self, ctx: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor | None,
+                            text_kv: list[TextKV]) -> list:
+        """Run the subject context through every block at t = 0; each block's branch keys/values."""
+        if rows is not None:
+            text_kv = [(k[rows], v[rows], None if bias is None else bias[rows]) for k, v, bias in text_kv]
+        _, temb0 = self._time_embedding(torch.zeros(ctx.shape[0], device=ctx.device), ctx.dtype)
+        out = []
+        for blk, tkv in zip(self.blocks, text_kv):
+            ctx, kv = blk.subject_layer(ctx, mask, temb0, tkv)
+            out.append((*kv, rows))
+        return out
 
     # ------------------------------------------------------------------ forward
     def forward(
