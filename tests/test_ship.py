@@ -49,6 +49,31 @@ def test_export_writes_a_loadable_pipeline_with_a_card(shipped):
     assert not out.with_name(out.name + ".tmp").exists()
 
 
+def test_warm_started_export_carries_the_history_of_its_starting_weights(shipped, tmp_path):
+    """A run continued from a pipeline folder (`model.init_pipeline`) starts from exactly those
+    weights, and its card quotes the folder's PROVENANCE.md."""
+    from safetensors.torch import load_file
+
+    from idcrafter.train.export import export_run
+    from idcrafter.train.sft import Trainer
+
+    start, _ = shipped
+    (start / "PROVENANCE.md").write_text("Stage 1: four debug steps, data seed 0.")
+    cfg = apply_overrides(recipe("debug"), [f"model.init_pipeline={start}", "train.steps=2", "checkpoint.every=2",
+                                            "checkpoint.export_pipeline=true"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup()
+    saved = load_file(str(start / "transformer" / "diffusion_pytorch_model.safetensors"))
+    state = trainer.model.state_dict()
+    assert set(saved) <= set(state)
+    assert all(torch.equal(state[k].float(), v.float()) for k, v in saved.items()), "warm start changed weights"
+    trainer.train()
+    export_run(tmp_path / "run", tmp_path / "out", n=1, steps=1, progress=False)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Stage 1: four debug steps, data seed 0." in card and "## Starting weights" in card
+    assert f"continuing from the pipeline in `{start}`" in card
+
+
 def test_export_bad_input(trained_run, tmp_path):
     from idcrafter.train.export import export_run
 

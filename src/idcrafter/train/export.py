@@ -50,18 +50,32 @@ def training_record(run_dir: Path, step: int) -> dict[str, Any]:
             "reference_gap": {k: last_eval[k] for k in keys if k in last_eval}}
 
 
+def provenance(cfg) -> str:
+    """The history of a warm-started run's starting weights: the `PROVENANCE.md` its
+    `model.init_pipeline` folder carries (written by whoever made that folder), or a warning
+    that it has none, because a card must say where every weight came from."""
+    if not cfg.model.init_pipeline:
+        return ""
+    note = Path(cfg.model.init_pipeline) / "PROVENANCE.md"
+    body = note.read_text().strip() if note.is_file() else "(no PROVENANCE.md in that folder: history unknown)"
+    return f"\n## Starting weights\n\n{body}\n\n## This run\n"
+
+
 def write_card(folder: Path, cfg, step: int, record: dict[str, Any], result: dict[str, Any], name: str) -> Path:
     from idcrafter.heldout import metrics_table
 
     h = record["train_seconds"] / 3600
     gap = "\n".join(f"| {k} | {v:.4f} |" for k, v in record["reference_gap"].items())
     hc = result["config"]
+    origin = "trained from scratch on a CPU"
+    if cfg.model.init_pipeline:
+        origin = f"trained on a CPU, continuing from the pipeline in `{cfg.model.init_pipeline}` (below)"
     text = f"""# {name}
 
 The SpriteWorld generator of idcrafter: recipe `{cfg.recipe}` (preset `{cfg.model.preset}`, pixel codec
 patch {cfg.model.codec_patch}, {cfg.model.frames} x {cfg.model.height} x {cfg.model.width} clips, {cfg.model.reference_size} px
-references), trained from scratch on a CPU. EMA weights, `IDCrafterPipeline.from_pretrained` format.
-
+references), {origin}. EMA weights, `IDCrafterPipeline.from_pretrained` format.
+{provenance(cfg)}
 - Command: `{reproduce_command(cfg)}` (resumed with `--resume` between sessions)
 - Data: SpriteWorld rendered on the fly, split `{cfg.data.split}`, seed {cfg.data.seed}; batch {cfg.data.batch_size}
 - Steps: {step} of {cfg.train.steps} ({step * cfg.data.batch_size:,} clips seen)
