@@ -1,0 +1,71 @@
+"""Where along the noise scale does a SpriteWorld generator fail? Start the sampler part-way.
+
+For a held-out batch, noise the ground truth to sigma = `start` (1.0 is plain generation; 0.6
+keeps the layout) and integrate the pipeline's own ODE schedule from there to 0, with the true
+conditions and no guidance. Prints the final latent error against the truth for each start and
+writes a sheet (x0 predicted at the start | final | truth). A model whose final error from 0.6 is
+*above* its x0 error at 0.6 has not learned the low-noise end (the bug the `sprites` recipe's
+timestep distribution fixes, docs/sprites.md).
+
+    .venv/bin/python scripts/denoise_probe.py --model assets/checkpoints/sprites-sft [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    from idcrafter import sampling
+    from idcrafter.pipeline import IDCrafterPipeline
+    from idcrafter.recipes import recipe
+    from idcrafter.train import losses
+    from idcrafter.train.conditions import ConditionEncoder
+    from idcrafter.train.evaluation import Evaluator
+    from idcrafter.utils.media import contact_sheet, save_image
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="assets/checkpoints/sprites-sft")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--starts", type=float, nargs="+", default=[1.0, 0.9, 0.6, 0.3])
+    ap.add_argument("--out", default="outputs/denoise_probe.png")
+    args = ap.parse_args()
+
+    pipe = IDCrafterPipeline.from_pretrained(args.model)
+    model, dev = pipe.transformer.eval(), torch.device("cpu")
+    ev = Evaluator(recipe("sprites"), pipe, ConditionEncoder(pipe, dev), dev)  # the recipe's held-out batch
+    b, z0 = len(ev.batch), ev.z0  # z0: (B, C, F', h, w)
+    cond = pipe.encode_conditions([s.caption for s in ev.samples], [list(s.refs) for s in ev.samples], 1.0)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    with torch.no_grad():
+        for start in args.starts:
+            full = sampling.sigma_schedule(args.steps, shift=pipe.scheduler.config.shift)
+            sig = torch.cat([torch.tensor([start]), full[full < start - 1e-6]])  # (S + 1,)
+            z = losses.interpolate(z0, torch.randn(z0.shape, generator=gen), torch.full((b,), start))
+            x0 = None
+            for i in range(len(sig) - 1):
+                t = torch.full((b,), float(sig[i]))
+                v = model(z, t * 1000, condition_cache=cond.cache).sample.float()
+                x0 = losses.x0_from_velocity(z, v, t) if x0 is None else x0
+                z = sampling.euler_step(v, sig[i], sig[i + 1], z)
+            e0, e1 = ((x0 - z0) ** 2).mean().item(), ((z - z0) ** 2).mean().item()
+            print(f"start {start:.2f}: x0 error at start {e0:.4f}, final error {e1:.4f} ({len(sig) - 1} steps)")
+            rows += [(f"x0 @ {start:g}", x0), (f"final @ {start:g}", z)]
+    rows.append(("truth", z0))
+
+    def frames(z: torch.Tensor) -> list[np.ndarray]:
+        video = pipe.codec.decode(z[:1]).clamp(-1, 1).add(1).div(2)[0]  # (3, F, H, W)
+        return list((video.permute(1, 2, 3, 0).numpy() * 255 + 0.5).astype(np.uint8))
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_image(args.out, contact_sheet([(name, frames(z)) for name, z in rows]))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
