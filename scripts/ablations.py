@@ -30,6 +30,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 VARIANTS: dict[str, dict] = {
     "hierarchical/t5": {},
@@ -40,6 +41,9 @@ VARIANTS: dict[str, dict] = {
 }
 SHOWN = ("face_sim_mean", "face_sim_min", "subject_sim", "leakage", "action_acc", "motion", "quality",
          "natural", "total")
+PROXY = ("ema/x0_err/t0.6", "ema/x0_err_subject/t0.6", "ema/x0_err_subject/t0.9", "ema/ref_gap_rel_subject/t0.6",
+         "ema/ref_gap_rel_subject/t0.9")
+PROXY_NAMES = ("x0 err t0.6", "x0 err subject t0.6", "x0 err subject t0.9", "ref gap rel t0.6", "ref gap rel t0.9")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -70,13 +74,17 @@ def run_variant(name: str, args) -> dict:
     print(f"== {name}: training {args.steps} steps in {run_dir}", flush=True)
     run_sft(cfg, run_dir, resume=True)
     final = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    # the trainer restores the process's thread count when it ends; judge with the run's own count,
+    # or a 2-thread evaluation beside another job oversubscribes the cores (measured: 10-20x slower)
+    torch.set_num_threads(args.threads)
     pipe = IDCrafterPipeline.from_pretrained(str(final / "pipeline"))
     res = evaluate_heldout(pipe, HeldoutConfig(n=args.heldout, seed=1234, steps=20), out_dir=run_dir / "heldout")
     gaps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     gaps = [g for g in gaps if "ema/ref_gap_rel_subject/t0.6" in g]
     out = {"name": name, "steps": args.steps, "generated": res["generated"], "ground_truth": res["ground_truth"],
            "ref_gap_curve": [(g["step"], g["ema/ref_gap_rel_subject/t0.6"], g["ema/ref_gap_rel_subject/t0.9"])
-                             for g in gaps]}
+                             for g in gaps],
+           "final_eval": {k: v for k, v in gaps[-1].items() if k.startswith("ema/")} if gaps else {}}
     done.write_text(json.dumps(out, indent=2))
     return out
 
@@ -88,14 +96,18 @@ def report(results: list[dict], doc: Path, plot: Path) -> None:
     import matplotlib.pyplot as plt
 
     base = next((r for r in results if r["name"] == "hierarchical/t5"), None)
-    lines = ["| variant | steps | " + " | ".join(SHOWN) + " | ref gap t0.6 |", "|---" * (len(SHOWN) + 3) + "|"]
+    lines = ["| variant | steps | " + " | ".join(SHOWN) + " |", "|---" * (len(SHOWN) + 2) + "|"]
     for r in results:
-        gap = r["ref_gap_curve"][-1][1] if r["ref_gap_curve"] else float("nan")
-        lines.append(f"| {r['name']} | {r['steps']} | " + " | ".join(f"{r['generated'][k]:.3f}" for k in SHOWN)
-                     + f" | {gap:.3f} |")
+        lines.append(f"| {r['name']} | {r['steps']} | " + " | ".join(f"{r['generated'][k]:.3f}" for k in SHOWN) + " |")
     if results:
         gt = results[0]["ground_truth"]
-        lines.append("| ground truth | - | " + " | ".join(f"{gt[k]:.3f}" for k in SHOWN) + " | - |")
+        lines.append("| ground truth | - | " + " | ".join(f"{gt[k]:.3f}" for k in SHOWN) + " |")
+    # the denoiser's own figures on the recipe's held-out batch (last EMA evaluation): they move
+    # long before the judge's do, so at small budgets they are the readable signal
+    lines += ["", "| variant | " + " | ".join(PROXY_NAMES) + " |", "|---" * (len(PROXY) + 1) + "|"]
+    for r in results:
+        ev = r.get("final_eval", {})
+        lines.append(f"| {r['name']} | " + " | ".join(f"{ev[k]:.4f}" if k in ev else "-" for k in PROXY) + " |")
     rel = []
     if base is not None:
         for r in results:
