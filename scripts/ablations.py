@@ -84,8 +84,18 @@ def run_variant(name: str, args) -> dict:
     out = {"name": name, "steps": args.steps, "generated": res["generated"], "ground_truth": res["ground_truth"],
            "ref_gap_curve": [(g["step"], g["ema/ref_gap_rel_subject/t0.6"], g["ema/ref_gap_rel_subject/t0.9"])
                              for g in gaps],
-           "final_eval": {k: v for k, v in gaps[-1].items() if k.startswith("ema/")} if gaps else {}}
+           "final_eval": {k: v for k, v in gaps[-1].items() if k.startswith("ema/")} if gaps else {},
+           "generated_se": standard_errors(res["cases"])}
     done.write_text(json.dumps(out, indent=2))
+    return out
+
+
+def standard_errors(cases: list[dict]) -> dict[str, float]:
+    """Standard error of each judge metric's mean over the held-out casts (the table's +-)."""
+    out = {}
+    for k in SHOWN:
+        v = [c["generated"][k] for c in cases if c["generated"].get(k) is not None]
+        out[k] = float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
     return out
 
 
@@ -98,7 +108,9 @@ def report(results: list[dict], doc: Path, plot: Path) -> None:
     base = next((r for r in results if r["name"] == "hierarchical/t5"), None)
     lines = ["| variant | steps | " + " | ".join(SHOWN) + " |", "|---" * (len(SHOWN) + 2) + "|"]
     for r in results:
-        lines.append(f"| {r['name']} | {r['steps']} | " + " | ".join(f"{r['generated'][k]:.3f}" for k in SHOWN) + " |")
+        se = r.get("generated_se", {})
+        lines.append(f"| {r['name']} | {r['steps']} | "
+                     + " | ".join(f"{r['generated'][k]:.3f} +- {se.get(k, float('nan')):.3f}" for k in SHOWN) + " |")
     if results:
         gt = results[0]["ground_truth"]
         lines.append("| ground truth | - | " + " | ".join(f"{gt[k]:.3f}" for k in SHOWN) + " |")
