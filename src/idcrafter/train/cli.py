@@ -77,12 +77,13 @@ def export(
     out: Path = typer.Option(Path("assets/checkpoints/sprites-sft"), help="the pipeline folder to write"),
     n: int = typer.Option(16, help="held-out casts for the card's metrics"),
     steps: int = typer.Option(20, help="sampling steps of the held-out evaluation"),
+    cfg: float = typer.Option(2.5, help="guidance scale of the held-out evaluation"),
     checkpoint: Optional[int] = typer.Option(None, help="step to export (default: the newest)"),
 ) -> None:
     """Ship a run: copy its checkpoint's pipeline to OUT, evaluate it held-out, write the card."""
     from idcrafter.train.export import export_run
 
-    res = export_run(run_dir, out, n=n, steps=steps, checkpoint=checkpoint)
+    res = export_run(run_dir, out, n=n, steps=steps, guidance=cfg, checkpoint=checkpoint)
     typer.echo(json.dumps({"step": res["step"], "generated": res["generated"], "ground_truth": res["ground_truth"]},
                           indent=2))
     typer.echo(f"wrote {out} (card: {out}/README.md)")

@@ -94,7 +94,7 @@ Error of the x0 prediction with shuffled references minus with the true ones, on
 
 {hc['n']} held-out casts of {'/'.join(map(str, hc['subjects']))} subjects (seed {hc['seed']}), {hc['steps']} Euler steps,
 guidance {hc['guidance']}; the ground truth's own figures are the ceiling of this judge.
-Command: `idcrafter eval heldout --model <this folder> --n {hc['n']} --seed {hc['seed']} --steps {hc['steps']}`.
+Command: `idcrafter eval heldout --model <this folder> --n {hc['n']} --seed {hc['seed']} --steps {hc['steps']} --cfg {hc['guidance']}`.
 
 {metrics_table(result)}
 """
@@ -104,7 +104,7 @@ Command: `idcrafter eval heldout --model <this folder> --n {hc['n']} --seed {hc[
 
 
 def export_run(run_dir: str | Path, out: str | Path, n: int = 16, steps: int = 20, seed: int = 1234,
-               checkpoint: int | None = None, progress: bool = True) -> dict[str, Any]:
+               checkpoint: int | None = None, progress: bool = True, guidance: float = 2.5) -> dict[str, Any]:
     """Copy the pipeline of a run's checkpoint (newest by default) to `out`, evaluate it on
     held-out casts and write its card. Returns the held-out result."""
     from idcrafter.config import load_config
@@ -128,7 +128,7 @@ def export_run(run_dir: str | Path, out: str | Path, n: int = 16, steps: int = 2
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
     pipe = IDCrafterPipeline.from_pretrained(str(tmp))
-    result = evaluate_heldout(pipe, HeldoutConfig(n=n, steps=steps, seed=seed), out_dir=tmp / "heldout",
+    result = evaluate_heldout(pipe, HeldoutConfig(n=n, steps=steps, seed=seed, guidance=guidance), out_dir=tmp / "heldout",
                               progress=progress)
     for sheet in sorted((tmp / "heldout").glob("case_*.png"))[1:]:
         sheet.unlink()  # keep one contact sheet in the shipped folder (small files in git)
