@@ -3,9 +3,11 @@
 For a held-out batch, noise the ground truth to sigma = `start` (1.0 is plain generation; 0.6
 keeps the layout) and integrate the pipeline's own ODE schedule from there to 0, with the true
 conditions and no guidance. Prints the final latent error against the truth for each start and
-writes a sheet (x0 predicted at the start | final | truth). A model whose final error from 0.6 is
-*above* its x0 error at 0.6 has not learned the low-noise end (the bug the `sprites` recipe's
-timestep distribution fixes, docs/sprites.md).
+writes a sheet (x0 predicted at the start | final | truth). Read the sheet: a sampled clip may
+differ from the truth by up to twice the x0 guess's error even for a perfect model (it is a
+draw, the guess is the posterior mean), but it should be as clean as a SpriteWorld render;
+per-token speckle in the final rows that the x0 rows lack means the low-noise end was not
+learned (what the `sprites` recipe's timestep distribution fixed, docs/sprites.md).
 
     .venv/bin/python scripts/denoise_probe.py --model assets/checkpoints/sprites-sft [--steps 20]
 """
