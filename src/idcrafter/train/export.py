@@ -128,8 +128,8 @@ def export_run(run_dir: str | Path, out: str | Path, n: int = 16, steps: int = 2
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
     pipe = IDCrafterPipeline.from_pretrained(str(tmp))
-    result = evaluate_heldout(pipe, HeldoutConfig(n=n, steps=steps, seed=seed, guidance=guidance), out_dir=tmp / "heldout",
-                              progress=progress)
+    held = HeldoutConfig(n=n, steps=steps, seed=seed, guidance=guidance)
+    result = evaluate_heldout(pipe, held, out_dir=tmp / "heldout", progress=progress)
     for sheet in sorted((tmp / "heldout").glob("case_*.png"))[1:]:
         sheet.unlink()  # keep one contact sheet in the shipped folder (small files in git)
     record = training_record(run_dir, step)
