@@ -117,6 +117,32 @@ def test_flop_count_of_a_matmul_and_bench_train_figures():
 
     a, b = torch.randn(8, 16), torch.randn(16, 4)
     assert count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
+    # CPU attention (which torch's counter alone scores as zero): QK^T and AV, then 5 matmuls back
+    q, k, v = (torch.randn(2, 3, n, 8, requires_grad=True) for n in (5, 7, 7))
+    one_matmul = 2 * (2 * 3) * 5 * 8 * 7  # 2 flops per multiply-add, (B*H) x (Lq x D) @ (D x Lk)
+    assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)) == 2 * one_matmul
+    assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward()) \
+        == 7 * one_matmul
     res = bench_train(("debug",), repeats=1, threads=1)["debug"]
     assert res["samples_per_s"] > 0 and 0 < res["gemm_fraction"] < 2 and res["peak_mem_mb"] > 50
     assert res["batch"] == 2 and res["threads"] == 1
+
+
+def test_cache_speedup_figures_on_the_debug_model():
+    """`bench model`'s sampling figures: cache and recomputation agree exactly, and the FLOP
+    ratio (the speed-up's ceiling) counts what the cache removes."""
+    from idcrafter.bench import _sampling_speedup
+    from idcrafter.models.presets import preset
+    from idcrafter.models.transformer import IDCrafterTransformer3DModel
+
+    torch.manual_seed(0)
+    model = IDCrafterTransformer3DModel(**preset("debug")).eval()
+    for blk in model.blocks:
+        blk.subject_branch.gate.data.normal_(0, 0.3)
+    g = torch.Generator().manual_seed(0)
+    inp = {"x": torch.randn(2, 4, 3, 8, 8, generator=g), "t": torch.full((2,), 500.0),
+           "txt": torch.cat([torch.randn(2, 5, 32, generator=g), torch.zeros(2, 11, 32)], 1),
+           "refs": torch.randn(2, 3, 4, 1, 8, 8, generator=g)}
+    out = _sampling_speedup(model, inp, steps=3, guidance=2.5)
+    assert out["cache_max_abs_diff"] == 0.0
+    assert out["cache_flop_ratio"] > 1.0 and out["cache_speedup"] > 0

@@ -167,6 +167,25 @@ def test_condition_cache_matches_uncached_path():
         assert torch.allclose(mixed[0], b[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["t5", "t5+vlm"])
+def test_subject_stream_runs_only_over_rows_with_subjects(mode):
+    kw = dict(text_mode=mode, vlm_dim=24) if mode != "t5" else {}
+    model = IDCrafterTransformer3DModel(**preset("debug", **kw)).eval()
+    perturb_new(model)
+    x, t, txt, refs = inputs(b=2)
+    extra = dict(grounded_hidden_states=torch.randn(2, 5, 24)) if mode != "t5" else {}
+    seen = []
+    model.subject_stream.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    none = torch.tensor([[0, 0, 0], [1, 1, 0]], dtype=torch.bool)  # row 0 has no subject
+    with torch.no_grad():
+        out = model(x, t, txt, subject_latents=refs, subject_mask=none, **extra).sample
+        alone = model(x[1:], t[1:], txt[1:], subject_latents=refs[1:], subject_mask=none[1:],
+                      **{k: v[1:] for k, v in extra.items()}).sample
+        wan_row = model(x[:1], t[:1], txt[:1], **{k: v[:1] for k, v in extra.items()}).sample
+    assert seen[0] == 1  # the stream never saw the row without subjects
+    assert torch.allclose(out[1:], alone, atol=1e-6) and torch.allclose(out[:1], wan_row, atol=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["vlm", "t5+vlm"])
 def test_text_modes(mode):
     model = IDCrafterTransformer3DModel(**preset("debug", text_mode=mode, vlm_dim=24)).eval()

@@ -20,7 +20,9 @@ from idcrafter import sampling
 
 
 def gemm_peak_gflops(n: int = 1024, repeats: int = 20) -> float:
-    """fp32 matmul throughput (GFLOP/s) on this machine with the current thread count."""
+    """fp32 matmul throughput (GFLOP/s) on this machine with the current thread count: the best
+    of `repeats` timed products (a peak is what the machine can do, so a slow outlier caused by
+    another process must not lower it)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(3):
         a @ b
@@ -29,7 +31,7 @@ def gemm_peak_gflops(n: int = 1024, repeats: int = 20) -> float:
         t0 = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return 2 * n**3 / min(times) / 1e9
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -55,10 +57,30 @@ def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _cpu_attention_flops() -> dict:
+    """FLOP formulas for CPU attention kernels. torch's FlopCounterMode knows the CUDA flash /
+    memory-efficient / cuDNN kernels but not `_scaled_dot_product_flash_attention_for_cpu`, which
+    SDPA dispatches to on CPU, and it silently counts that kernel (forward and backward) as zero
+    FLOPs. Same formulas as torch's for the CUDA kernels (two matmuls forward, five backward)."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    def backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+    return {aten._scaled_dot_product_flash_attention_for_cpu: forward,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: backward}
+
+
 def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of `fn` (matmuls, convolutions and attention, including CPU attention)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops()) as counter:
         fn()
     return counter.get_total_flops()
 
@@ -116,7 +138,14 @@ def _sampling_speedup(model, inp: dict, steps: int, guidance: float) -> dict[str
 
     t = _interleaved({"cached": cached, "uncached": uncached}, repeats=2)
     diff = (cached() - uncached()).abs().max().item()
+    # the speed-up the cache could give if every FLOP ran at the same rate: one guided step's
+    # FLOPs recomputing the conditions over its FLOPs reading them from the cache
+    x2, t2 = torch.cat([inp["x"]] * 2), torch.cat([inp["t"]] * 2)
+    cache = model.build_condition_cache(txt2, refs2, mask2)
+    step_flops = {"cached": count_flops(lambda: model(x2, t2, condition_cache=cache)),
+                  "uncached": count_flops(lambda: model(x2, t2, txt2, subject_latents=refs2, subject_mask=mask2))}
     return {"cache_speedup": t["uncached"] / t["cached"], "cache_max_abs_diff": diff,
+            "cache_flop_ratio": step_flops["uncached"] / step_flops["cached"],
             "sampling_s_cached": t["cached"], "sampling_s_uncached": t["uncached"], "sampling_steps": steps}
 
 
@@ -132,6 +161,7 @@ def bench_model(steps: int = 50, repeats: int = 10, guidance: float = 2.5, ref_l
     cache = model.build_condition_cache(inp["txt"], inp["refs"])
     ours_step = lambda: model(inp["x"], inp["t"], condition_cache=cache).sample  # noqa: E731
     t = _interleaved({"wan": wan_fwd, "ours": ours_fwd, "ours_cached": ours_step}, repeats)
+    peak = max(peak, gemm_peak_gflops())  # before and after the timed forwards
     flops = count_flops(ours_fwd)
     out = {
         "forward_ratio_vs_wan": t["ours"] / t["wan"],

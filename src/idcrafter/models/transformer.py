@@ -319,32 +319,45 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         text_kv = [blk.text_kv(context, bias) for blk in self.blocks]
         subject_kv = None
         if subject_latents is not None:
-            b = context.shape[0]
-            if self.config.text_mode == "t5":
-                # the subject stream reads each distinct prompt token once (one padding token)
-                g = context
-                gm = encoder_attention_mask[:, :kept] if encoder_attention_mask is not None else \
-                    (bias[:, 0, 0] > float("-inf")) if bias is not None else \
-                    torch.ones(b, g.shape[1], dtype=torch.bool, device=g.device)
-            else:
-                g = self.vlm_proj(grounded_hidden_states)
-                gm = grounded_mask if grounded_mask is not None else \
-                    torch.ones(b, g.shape[1], dtype=torch.bool, device=g.device)
-            s, sm = self.subject_tokens(subject_latents, subject_mask, g, gm.bool())
-            ctx, ctx_mask = s, sm
-            if self.config.text_mode != "t5" or self.subject_stream.joins_text_context:
-                ctx, ctx_mask = torch.cat([s, g.to(s.dtype)], 1), torch.cat([sm, gm.bool()], 1)
-            has = sm.any(1)  # (B,) rows with at least one subject
+            if subject_mask is None:
+                subject_mask = torch.ones(subject_latents.shape[:2], dtype=torch.bool, device=subject_latents.device)
+            has = subject_mask.any(1)  # (B,) rows with at least one subject
             if has.any():
+                # rows without subjects (guidance's unconditional branch, dropped references in
+                # training) get exactly zero from the branch, so the stream skips them too
                 rows = None if has.all() else has.nonzero().squeeze(1)
+                g, gm = self._grounding(context, bias, kept, encoder_attention_mask, grounded_hidden_states,
+                                        grounded_mask)
                 if rows is not None:
-                    ctx, ctx_mask = ctx[rows], ctx_mask[rows]
+                    subject_latents, subject_mask, g, gm = (v[rows] for v in (subject_latents, subject_mask, g, gm))
+                s, sm = self.subject_tokens(subject_latents, subject_mask, g, gm)
+                ctx, ctx_mask = s, sm
+                if self.config.text_mode != "t5" or self.subject_stream.joins_text_context:
+                    ctx, ctx_mask = torch.cat([s, g.to(s.dtype)], 1), torch.cat([sm, gm], 1)
                 mask = None if ctx_mask.all() else ctx_mask
                 if self.config.subject_attention == "layered":
                     subject_kv = self._layered_subject_kv(ctx, mask, rows, text_kv)
                 else:
                     subject_kv = [(*blk.subject_kv(ctx, mask), rows) for blk in self.blocks]
         return ConditionCache(text_kv, subject_kv, context.shape[0], context.dtype)
+
+    def _grounding(self, context: torch.Tensor, bias: torch.Tensor | None, kept: int | None,
+                   encoder_attention_mask: torch.Tensor | None, grounded_hidden_states: torch.Tensor | None,
+                   grounded_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens that guide the subject stream (B, Lg, C) and their mask (B, Lg) bool."""
+        b = context.shape[0]
+        if self.config.text_mode == "t5":
+            # the projected prompt, each distinct token once (collapsed padding: one pad token)
+            if encoder_attention_mask is not None:
+                gm = encoder_attention_mask[:, :kept]
+            elif bias is not None:
+                gm = bias[:, 0, 0] > float("-inf")
+            else:
+                gm = torch.ones(b, context.shape[1], dtype=torch.bool, device=context.device)
+            return context, gm.bool()
+        g = self.vlm_proj(grounded_hidden_states)
+        gm = grounded_mask if grounded_mask is not None else torch.ones(b, g.shape[1], dtype=torch.bool, device=g.device)
+        return g, gm.bool()
 
     def _layered_subject_kv(self, ctx: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor | None,
                             text_kv: list[TextKV]) -> list:
