@@ -56,6 +56,23 @@ def test_references_change_the_output_and_seed_is_deterministic(pipe, example):
     assert not np.allclose(a, c)
 
 
+def test_guidance_keeps_or_drops_references_in_the_unconditional_branch(pipe, example):
+    refs = [list(example.refs)]
+    dropped = pipe.encode_conditions([example.caption], refs, 2.5)
+    kept = pipe.encode_conditions([example.caption], refs, 2.5, guide_references=False)
+    k_drop, k_keep = dropped.cache.subject_kv[0], kept.cache.subject_kv[0]
+    assert k_drop[3].tolist() == [0] and k_drop[0].shape[0] == 1  # only the conditional row has subjects
+    assert k_keep[3] is None and k_keep[0].shape[0] == 2  # both rows read subjects (the unconditional
+    # row's differ from the conditional row's only because the inter-subject stage reads the prompt)
+    assert torch.equal(k_keep[0][:1], k_drop[0])
+    a = run(pipe, example, guidance_scale=2.5)
+    b = run(pipe, example, guidance_scale=2.5, guide_references=False)
+    assert not np.allclose(a, b)
+    # without guidance there is no unconditional branch, so the option changes nothing
+    assert np.array_equal(run(pipe, example, guidance_scale=1.0),
+                          run(pipe, example, guidance_scale=1.0, guide_references=False))
+
+
 def test_save_load_round_trip(pipe, example, tmp_path):
     pipe.save_pretrained(tmp_path)
     back = IDCrafterPipeline.from_pretrained(str(tmp_path))

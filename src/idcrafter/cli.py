@@ -266,6 +266,8 @@ def eval_heldout(
     model: Path = typer.Option(Path("assets/checkpoints/sprites-sft"), help="a SpriteWorld pipeline folder"),
     n: int = typer.Option(16, help="held-out casts"), seed: int = typer.Option(1234),
     steps: int = typer.Option(20), cfg: float = typer.Option(2.5),
+    guide_references: bool = typer.Option(True, help="drop the references from guidance's unconditional branch "
+                                                      "(--no-guide-references keeps them: guidance on the prompt only)"),
     out: Path = typer.Option(Path("outputs/heldout"), help="heldout.json and contact sheets"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -276,7 +278,8 @@ def eval_heldout(
     if not (model / "model_index.json").is_file():
         raise InputError(f"{model} is not a pipeline folder (no model_index.json)")
     result = evaluate_heldout(IDCrafterPipeline.from_pretrained(str(model)),
-                              HeldoutConfig(n=n, seed=seed, steps=steps, guidance=cfg), out_dir=out)
+                              HeldoutConfig(n=n, seed=seed, steps=steps, guidance=cfg,
+                                                            guide_references=guide_references), out_dir=out)
     typer.echo(json.dumps({k: result[k] for k in ("generated", "ground_truth")}, indent=2) if as_json
                else metrics_table(result))
     typer.echo(f"wrote {out}/heldout.json", err=True)

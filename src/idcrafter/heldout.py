@@ -35,6 +35,7 @@ class HeldoutConfig:
     subjects: tuple[int, ...] = (2, 3)  # cast sizes, cycled over the cases
     steps: int = 20
     guidance: float = 2.5
+    guide_references: bool = True  # False: references stay in guidance's unconditional branch
     sample_seed: int = 0
     sheets: int = 4  # contact sheets written for the first cases (when out_dir is given)
 
@@ -90,7 +91,7 @@ def evaluate_heldout(pipe, cfg: HeldoutConfig | None = None, judge=None, out_dir
         t, h, w = ex.clip.frames.shape[:3]
         video = pipe(ex.caption, list(ex.refs), height=h, width=w, num_frames=t, num_inference_steps=cfg.steps,
                      guidance_scale=cfg.guidance, generator=torch.Generator().manual_seed(cfg.sample_seed + i),
-                     ).frames[0]
+                     guide_references=cfg.guide_references).frames[0]
         frames = _frames_uint8(video)
         gen = judge.score(frames, list(ex.refs), ex.caption).metrics
         gt = judge.score(ex.clip.frames, list(ex.refs), ex.caption).metrics

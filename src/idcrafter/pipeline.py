@@ -125,8 +125,13 @@ class IDCrafterPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def encode_conditions(self, prompts: list[str], references: list[list[ImageLike]], guidance_scale: float,
-                          negative_prompt: str = "") -> Conditions:
-        """Encode prompts and references once; with guidance, stack [cond; uncond] rows."""
+                          negative_prompt: str = "", guide_references: bool = True) -> Conditions:
+        """Encode prompts and references once; with guidance, stack [cond; uncond] rows.
+
+        The unconditional rows get `negative_prompt` and, with `guide_references` (default), no
+        references, so guidance pushes samples toward their references as well as the prompt;
+        without it they keep the references and guidance acts on the prompt only (measured worse
+        for identity on SpriteWorld, see docs/model.md)."""
         if len(prompts) != len(references):
             raise InputError(f"{len(prompts)} prompt(s) but {len(references)} reference set(s)")
         b = len(prompts)
@@ -135,12 +140,13 @@ class IDCrafterPipeline(DiffusionPipeline):
         all_prompts = list(prompts) + ([negative_prompt] * b if guided else [])
         t5, t5_mask = self.prompt_encoder.encode(all_prompts)
         device = self.transformer.device
-        if guided:  # the unconditional rows see neither subjects nor the prompt
-            subj = torch.cat([subj, torch.zeros_like(subj)])
-            subj_mask = torch.cat([subj_mask, torch.zeros_like(subj_mask)])
+        if guided:  # the unconditional rows: the negative prompt, and references unless guided
+            subj = torch.cat([subj, torch.zeros_like(subj) if guide_references else subj])
+            subj_mask = torch.cat([subj_mask, torch.zeros_like(subj_mask) if guide_references else subj_mask])
         grounded = grounded_mask = None
         if self.grounder is not None and self.transformer.config.text_mode != "t5":
-            images = [[np.asarray(i) for i in p] for p in prepared] + ([[]] * b if guided else [])
+            images = [[np.asarray(i) for i in p] for p in prepared]
+            images += ([[]] * b if guide_references else images) if guided else []
             grounded, grounded_mask = self.grounder.encode(all_prompts, images)
         dtype = self.transformer.dtype
         cache = self.transformer.build_condition_cache(
@@ -178,14 +184,16 @@ class IDCrafterPipeline(DiffusionPipeline):
                  height: int | None = None, width: int | None = None, num_frames: int | None = None,
                  num_inference_steps: int = 50, guidance_scale: float = 2.5, negative_prompt: str = "",
                  generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
-                 output_type: str = "np", return_dict: bool = True):
-        """Generate videos. `reference_images` is one list per prompt (or one list for one prompt)."""
+                 output_type: str = "np", return_dict: bool = True, guide_references: bool = True):
+        """Generate videos. `reference_images` is one list per prompt (or one list for one prompt).
+        `guide_references=False` keeps the references in guidance's unconditional branch (see
+        `encode_conditions`)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         refs = [list(reference_images)] if isinstance(prompt, str) else [list(r) for r in reference_images]
         if output_type not in ("np", "pt", "latent"):
             raise InputError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
         h, w, f = self.check_size(height, width, num_frames)
-        cond = self.encode_conditions(prompts, refs, guidance_scale, negative_prompt)
+        cond = self.encode_conditions(prompts, refs, guidance_scale, negative_prompt, guide_references)
         shape = (len(prompts), *self.codec.latent_shape(f, h, w))
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.transformer.device)
