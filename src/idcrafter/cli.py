@@ -277,9 +277,8 @@ def eval_heldout(
 
     if not (model / "model_index.json").is_file():
         raise InputError(f"{model} is not a pipeline folder (no model_index.json)")
-    result = evaluate_heldout(IDCrafterPipeline.from_pretrained(str(model)),
-                              HeldoutConfig(n=n, seed=seed, steps=steps, guidance=cfg,
-                                                            guide_references=guide_references), out_dir=out)
+    held = HeldoutConfig(n=n, seed=seed, steps=steps, guidance=cfg, guide_references=guide_references)
+    result = evaluate_heldout(IDCrafterPipeline.from_pretrained(str(model)), held, out_dir=out)
     typer.echo(json.dumps({k: result[k] for k in ("generated", "ground_truth")}, indent=2) if as_json
                else metrics_table(result))
     typer.echo(f"wrote {out}/heldout.json", err=True)
