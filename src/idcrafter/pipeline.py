@@ -140,13 +140,15 @@ class IDCrafterPipeline(DiffusionPipeline):
         all_prompts = list(prompts) + ([negative_prompt] * b if guided else [])
         t5, t5_mask = self.prompt_encoder.encode(all_prompts)
         device = self.transformer.device
-        if guided:  # the unconditional rows: the negative prompt, and references unless guided
-            subj = torch.cat([subj, torch.zeros_like(subj) if guide_references else subj])
-            subj_mask = torch.cat([subj_mask, torch.zeros_like(subj_mask) if guide_references else subj_mask])
+        drop_refs = guided and guide_references  # the unconditional rows carry no references
+        if guided:
+            subj = torch.cat([subj, torch.zeros_like(subj) if drop_refs else subj])
+            subj_mask = torch.cat([subj_mask, torch.zeros_like(subj_mask) if drop_refs else subj_mask])
         grounded = grounded_mask = None
         if self.grounder is not None and self.transformer.config.text_mode != "t5":
-            images = [[np.asarray(i) for i in p] for p in prepared]
-            images += ([[]] * b if guide_references else images) if guided else []
+            cond_images = [[np.asarray(i) for i in p] for p in prepared]
+            uncond_images = ([[]] * b if drop_refs else cond_images) if guided else []
+            images = cond_images + uncond_images
             grounded, grounded_mask = self.grounder.encode(all_prompts, images)
         dtype = self.transformer.dtype
         cache = self.transformer.build_condition_cache(
