@@ -59,9 +59,11 @@ def main() -> None:
             rows += [(f"x0 @ {start:g}", x0), (f"final @ {start:g}", z)]
     rows.append(("truth", z0))
 
+    from idcrafter.generation import to_uint8
+
     def frames(z: torch.Tensor) -> list[np.ndarray]:
         video = pipe.codec.decode(z[:1]).clamp(-1, 1).add(1).div(2)[0]  # (3, F, H, W)
-        return list((video.permute(1, 2, 3, 0).numpy() * 255 + 0.5).astype(np.uint8))
+        return list(to_uint8(video))  # the one float -> uint8 conversion (idcrafter.generation)
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_image(args.out, contact_sheet([(name, frames(z)) for name, z in rows]))

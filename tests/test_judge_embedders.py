@@ -12,8 +12,11 @@ from idcrafter.judge.arcface import ArcMarginHead, arcface_logits
 from idcrafter.judge.crops import body_crop, head_crop
 from idcrafter.judge.embedders import (
     ATTR_NAMES, FaceEmbedNet, SpriteFaceEmbedder, SpriteSubjectEmbedder, SubjectEmbedNet, attribute_table,
-    build_eval_set, face_ids, jitter_boxes, looks_the_same, reference_boxes, track_similarities, verification_auc,
+    face_ids, reference_boxes,
 )
+from idcrafter.judge.attributes import looks_the_same
+from idcrafter.judge.evaluation import build_eval_set, track_similarities, verification_auc
+from idcrafter.judge.train.embedders import jitter_boxes
 from idcrafter.judge.interfaces import Detection, FaceEmbedder
 from idcrafter.judge.parts import judge_dir, save_part
 from idcrafter.world.identity import ACCESSORIES, Identity, sample_identities

@@ -31,25 +31,33 @@ def test_roc_auc_by_hand():
     assert M.roc_auc(np.array([0.3, 0.9]), np.array([0.5])) == 0.5
 
 
-def test_plausibility_checks():
-    assert M.count_stability([2, 2, 1, 2], 2) == pytest.approx((1 + 1 + 0.5 + 1) / 4)
-    steady = np.array([[10, 10, 20, 30]] * 5, float)
-    jumpy = steady.copy()
-    jumpy[3] += [30, 0, 30, 0]
-    assert M.teleport_free([steady]) == 1.0 and M.teleport_free([steady, jumpy]) == 0.5
-    e = np.eye(4)
-    assert M.morph_free([np.stack([e[0]] * 6)]) == 1.0
-    assert M.morph_free([np.stack([e[0]] * 3 + [e[1]] * 3)]) == 0.0
-    sim = np.array([[0.9, 0.8]])  # one ref, two tracks that both look like it: a duplicate
-    assert M.duplicate_free(sim, [0]) == 0.5
+FULL = dict(quality=1.0, motion=1.0, face_sim_mean=1.0, subject_sim=1.0, leakage=0.0, natural=1.0, binding=1.0,
+            copy_paste=0.0)
 
 
-def test_total_weights_sum_and_prompt_free_mode():
-    m = dict(quality=1, motion=1, face_sim_mean=1, subject_sim=1, leakage=0, natural=1, action_acc=1)
-    assert M.TotalWeights().total(m) == pytest.approx(1.0)
-    m2 = {**m, "action_acc": None}
-    assert M.TotalWeights().total(m2) == pytest.approx(1.0)
-    assert M.TotalWeights().total({**m, "face_sim_mean": 0}) == pytest.approx(0.8)
+def test_total_is_a_weighted_mean_minus_the_copy_paste_penalty_by_hand():
+    w = M.TotalWeights()
+    assert sum(v for k, v in w.__dict__.items() if k != "copy_paste") == pytest.approx(1.0)
+    assert w.total(FULL) == pytest.approx(1.0)
+    # one channel at a time: total drops by exactly that channel's weight
+    assert w.total({**FULL, "binding": 0.0}) == pytest.approx(1 - 0.35)
+    assert w.total({**FULL, "leakage": 1.0}) == pytest.approx(1 - 0.04)
+    m = dict(quality=0.5, motion=0.25, face_sim_mean=0.8, subject_sim=0.9, leakage=0.2, natural=0.6, binding=0.5,
+             copy_paste=0.1)
+    by_hand = (0.10 * 0.5 + 0.04 * 0.25 + 0.14 * 0.8 + 0.06 * 0.9 + 0.35 * 0.5 + 0.04 * 0.8 + 0.27 * 0.6) - 0.30 * 0.1
+    assert w.total(m) == pytest.approx(by_hand)
+
+
+def test_total_without_a_prompt_renormalises_and_clips_at_zero():
+    w = M.TotalWeights()
+    free = {**FULL, "binding": None, "quality": 0.0}
+    assert w.total(free) == pytest.approx(1 - 0.10 / 0.65)  # binding dropped, the rest renormalised
+    assert w.total({k: v for k, v in free.items() if k != "binding"}) == pytest.approx(1 - 0.10 / 0.65)
+    assert w.total({**FULL, "copy_paste": 0.5}) == pytest.approx(1 - 0.15)
+    nothing = dict(quality=0.0, motion=0.0, face_sim_mean=0.0, subject_sim=0.0, leakage=1.0, natural=0.0,
+                   binding=0.0, copy_paste=1.0)
+    assert w.total(nothing) == 0.0  # clipped, never negative
+    assert w.total({**FULL, "face_sim_mean": 1.7, "leakage": -0.3}) == pytest.approx(1.0)  # inputs clipped
 
 
 def test_motion_amplitude_sees_a_moving_square():
@@ -59,20 +67,6 @@ def test_motion_amplitude_sees_a_moving_square():
     still = np.repeat(frames[:1], 4, 0)
     assert M.motion_amplitude(still) < 0.01
     assert M.motion_amplitude(frames) > 0.2
-
-
-def test_copy_paste_detects_a_static_paste():
-    rng = np.random.default_rng(0)
-    ref = np.full((32, 32, 3), 240, np.uint8)
-    ref[4:30, 10:22] = rng.integers(0, 200, (26, 12, 3))
-    mask = np.zeros((32, 32), bool)
-    mask[4:30, 10:22] = True
-    frames = rng.integers(0, 255, (5, 48, 48, 3)).astype(np.uint8)
-    pasted = frames.copy()
-    pasted[:, 8:40, 8:40][:, mask] = ref[mask]
-    pasted[:] = pasted[0]
-    assert M.copy_paste_score(pasted, ref, mask) > 0.9
-    assert M.copy_paste_score(frames, ref, mask) < 0.3
 
 
 def test_video_and_reference_checks():

@@ -77,8 +77,9 @@ def test_warm_started_export_carries_the_history_of_its_starting_weights(shipped
 def test_export_bad_input(trained_run, tmp_path):
     from idcrafter.train.export import export_run
 
+    (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no complete checkpoint"):
-        export_run(tmp_path, tmp_path / "out")
+        export_run(tmp_path / "empty", tmp_path / "out")
     with pytest.raises(InputError, match="no checkpoint of step 3"):
         export_run(trained_run, tmp_path / "out", checkpoint=3)
 
@@ -101,7 +102,24 @@ def test_demo_generates_from_a_shipped_model(shipped, tmp_path):
         assert (tmp_path / "demo" / name).is_file(), name
     saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert set(saved) >= {"caption", "generated", "ground_truth"}
-    assert saved["generated"]["face_sim_mean"] == pytest.approx(result["generated"]["face_sim_mean"])
+    # metrics.json must describe the clips the demo wrote: re-judge them independently (the video
+    # read back from generated.mp4, near-lossless; the ground truth re-rendered from its seed)
+    from idcrafter.judge.judge import Judge
+    from idcrafter.utils.media import read_video
+    from idcrafter.world.dataset import make_example
+    from idcrafter.world.scene import WorldConfig
+
+    judge, pc = Judge.load(), json.loads((out / "model_index.json").read_text())
+    ex = make_example(7, 0, "heldout", WorldConfig(frames=pc["default_frames"], height=pc["default_height"],
+                                                   width=pc["default_width"], ref_size=pc["reference_size"]),
+                      num_subjects=2)
+    assert saved["caption"] == ex.caption
+    truth = judge.score(ex.clip.frames, list(ex.refs), ex.caption).metrics
+    assert saved["ground_truth"]["total"] == pytest.approx(truth["total"], abs=1e-6)
+    back = read_video(tmp_path / "demo" / "generated.mp4", size=ex.clip.frames.shape[1:3])
+    again = judge.score(back, list(ex.refs), ex.caption).metrics
+    for key in ("face_sim_mean", "total"):
+        assert saved["generated"][key] == pytest.approx(again[key], abs=0.05), key
     assert "| face_sim_mean |" in (tmp_path / "demo" / "report.md").read_text()
 
 
@@ -124,7 +142,10 @@ def test_flop_count_of_a_matmul_and_bench_train_figures():
     assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward()) \
         == 7 * one_matmul
     res = bench_train(("debug",), repeats=1, threads=1)["debug"]
-    assert res["samples_per_s"] > 0 and 0 < res["gemm_fraction"] < 2 and res["peak_mem_mb"] > 50
+    # figures that can fail: samples/s is the batch over the measured step time, not any positive number
+    assert res["samples_per_s"] == pytest.approx(res["batch"] / res["step_s"])
+    assert 0 < res["gemm_fraction"] < 2
+    assert res["peak_mem_mb"] > 50
     assert res["batch"] == 2 and res["threads"] == 1
 
 
@@ -145,4 +166,7 @@ def test_cache_speedup_figures_on_the_debug_model():
            "refs": torch.randn(2, 3, 4, 1, 8, 8, generator=g)}
     out = _sampling_speedup(model, inp, steps=3, guidance=2.5)
     assert out["cache_max_abs_diff"] == 0.0
-    assert out["cache_flop_ratio"] > 1.0 and out["cache_speedup"] > 0
+    assert out["cache_flop_ratio"] > 1.0
+    # the speed-up is the ratio of the two times measured side by side (not just some positive number)
+    assert out["cache_speedup"] == pytest.approx(out["sampling_s_uncached"] / out["sampling_s_cached"])
+    assert out["sampling_steps"] == 3

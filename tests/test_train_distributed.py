@@ -60,7 +60,10 @@ def test_two_ranks_match_one_rank_with_the_same_global_batch(ddp_run, tmp_path):
     two = load_file(str(ddp_run / "step1_rank0.safetensors"))
     one = single_step(tmp_path / "one", "data.batch_size=4")
     accum = single_step(tmp_path / "accum", "data.batch_size=2", "train.grad_accum=2")
-    init = single_step(tmp_path / "init", "optim.lr=0")  # the common starting point
+    start = Trainer(apply_overrides(recipe("debug"), ["train.steps=1", *COMMON]), tmp_path / "init")
+    start.setup()  # the common starting point (weights before any step)
+    init = {n: p.detach().clone() for n, p in start.trainable.items()}
+    start.close()
     for k in one:
         moved = (one[k] - init[k]).abs().max()
         assert (two[k] - one[k]).abs().max() <= 1e-5 + 1e-3 * moved, k

@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from idcrafter.build import build_cmd
+from idcrafter.devices import DeviceOption, DtypeOption, OffloadOption
 from idcrafter.errors import InputError, run_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -21,8 +23,19 @@ world_app = typer.Typer(no_args_is_help=True, help="SpriteWorld, the embedded mu
 app.add_typer(world_app, name="world")
 bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks (ratios measured side by side in one run).")
 app.add_typer(bench_app, name="bench")
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluation of a generator with the judge.")
+
+
+def _mount_rl_bench() -> None:
+    from idcrafter.rl.bench import register_bench
+
+    register_bench(bench_app)  # `idcrafter bench rl`
+
+
+_mount_rl_bench()
+from idcrafter.eval.cli import compare_cmd, eval_app  # noqa: E402 - `idcrafter eval` runner; `eval heldout` below
+
 app.add_typer(eval_app, name="eval")
+app.command("compare")(compare_cmd)
 
 
 def _mount_train() -> None:
@@ -32,8 +45,17 @@ def _mount_train() -> None:
 
 
 _mount_train()
+app.command("build")(build_cmd)  # idcrafter build --wan DIR [--vlm DIR] --out DIR (idcrafter.build)
 
-PARTS = ["detector", "face", "subject", "action", "quality"]
+from idcrafter.curation.cli import data_app  # noqa: E402 - data curation (typer sub-app)
+
+app.add_typer(data_app, name="data")
+
+from idcrafter.serve.cli import serve_cmd  # noqa: E402 - the web page and JSON API
+
+app.command("serve")(serve_cmd)
+
+PARTS = ["detector", "face", "subject", "action", "quality", "critic"]
 
 
 def _command() -> str:
@@ -70,8 +92,10 @@ def world_make(
 
 
 def _world_config(frames: int, height: int, width: int, ref_size: int):
+    from idcrafter.validation import check_world_size
     from idcrafter.world.scene import WorldConfig
 
+    check_world_size(frames, height, width, ref_size)  # documented limits (docs/reliability.md)
     try:
         return WorldConfig(frames=frames, height=height, width=width, ref_size=ref_size)
     except ValueError as exc:
@@ -97,9 +121,10 @@ def world_sample(
 
 
 def write_example(ex, out: Path) -> None:
+    from idcrafter.utils.io import atomic_write_json, claim_output_dir
     from idcrafter.utils.media import contact_sheet, save_image, write_mp4
 
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(out, "idcrafter world sample", signature=("meta.json", "clip.mp4", "sheet.png"))
     for i, r in enumerate(ex.refs):
         save_image(out / f"ref_{i}.png", r)
     write_mp4(out / "clip.mp4", ex.clip.frames)
@@ -108,31 +133,24 @@ def write_example(ex, out: Path) -> None:
     meta["boxes"] = ex.clip.boxes.round(2).tolist()
     meta["head_boxes"] = ex.clip.head_boxes.round(2).tolist()
     meta["visibility"] = ex.clip.visibility.round(3).tolist()
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    atomic_write_json(out / "meta.json", meta)
 
 
 @world_app.command("train-judge")
 def world_train_judge(
     part: str = typer.Option("all", help=f"all or one of {', '.join(PARTS)}"),
-    seed: int = typer.Option(0),
-    folder: Optional[Path] = typer.Option(None, help="where to write the parts (default: assets/judge)"),
+    seed: Optional[int] = typer.Option(None, help="seed (default: 0 for the main judge, the audit recipe's for audit)"),
+    folder: Optional[Path] = typer.Option(None, help="judge folder (default: assets/judge; audit parts go to its audit/)"),
+    judge: str = typer.Option("main", "--judge", help="main (what rewards use) or audit (trained apart, never a reward)"),
 ) -> None:
-    """Train the judge's parts (CPU, minutes each) and write them with their cards."""
-    import torch
+    """Train the judge's parts (CPU, 1 thread, minutes each, resumable) and write them with their cards."""
+    from idcrafter.judge.commands import train_judge
+    from idcrafter.validation import check_seed
 
-    from idcrafter.judge import action, detector, embedders, quality
-
-    trainers = {"detector": detector.train_detector, "face": embedders.train_face,
-                "subject": embedders.train_subject, "action": action.train_action,
-                "quality": quality.train_quality}
-    names = PARTS if part == "all" else [part]
-    for n in names:
-        if n not in trainers:
-            raise InputError(f"unknown part {n!r}: choose all or one of {', '.join(PARTS)}")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    for n in names:
-        typer.echo(f"== {n}")
-        figures = trainers[n](seed=seed, folder=folder)
+    if seed is not None:
+        check_seed(seed)
+    for name, figures in train_judge(part, seed, folder, judge, echo=typer.echo).items():
+        typer.echo(f"== {name}")
         _print_metrics({k: v for k, v in figures.items() if not isinstance(v, dict)}, False)
 
 
@@ -142,19 +160,19 @@ def world_validate_judge(
     clips: int = typer.Option(120, help="held-out clips scored end to end"),
     seed: int = typer.Option(1234),
     folder: Optional[Path] = typer.Option(None, help="judge parts folder (default: assets/judge)"),
+    judge: str = typer.Option("main", "--judge", help="main or audit"),
+    adversarial: bool = typer.Option(False, "--adversarial", help="degenerate videos of held-out casts beside ground truth"),
+    casts: int = typer.Option(12, help="--adversarial: held-out casts (2-4 subjects)"),
+    frames: int = typer.Option(9, help="--adversarial: frames per clip"),
+    checkpoint: list[Path] = typer.Option([], help="--adversarial: pipeline folders of one run, oldest first (repeat)"),
 ) -> None:
     """Validation figures of the judge on held-out identities, with their targets."""
-    from idcrafter.judge.judge import Judge
-    from idcrafter.judge.validate import TARGETS, check_targets, validate_judge
+    from idcrafter.judge.commands import validate
+    from idcrafter.validation import LIMITS, check_int, check_seed
 
-    fig = validate_judge(Judge.load(folder), num_clips=clips, seed=seed, progress=not as_json)
-    ok = check_targets(fig)
-    if as_json:
-        typer.echo(json.dumps({**fig, "targets_met": ok}, indent=2))
-        return
-    for k, v in fig.items():
-        mark = "" if k not in ok else f"   target {TARGETS[k][0]} {TARGETS[k][1]}: {'ok' if ok[k] else 'MISSED'}"
-        typer.echo(f"{k:28s} {v:.4f}{mark}" if isinstance(v, float) else f"{k:28s} {v}")
+    check_int(clips, "--clips", 1, LIMITS.max_eval_cases), check_seed(seed)
+    check_int(casts, "--casts", 1, LIMITS.max_eval_cases), check_int(frames, "--frames", 2, 64)
+    validate(judge, folder, clips, seed, adversarial, casts, frames, checkpoint, as_json, echo=typer.echo)
 
 
 @app.command("judge")
@@ -165,35 +183,27 @@ def judge_cmd(
     as_json: bool = typer.Option(False, "--json"),
     face_backend: str = typer.Option("sprites", help="sprites (SpriteWorld judge), dlib or insightface (real faces)"),
     face_weights: Optional[Path] = typer.Option(None, help="ONNX recognition model for --face-backend insightface"),
+    judge: str = typer.Option("main", "--judge", help="SpriteWorld judge: main, or audit (never a reward; adds attr_acc)"),
 ) -> None:
     """Score a clip against its references: face_sim, leakage, motion, actions, quality, total."""
+    from idcrafter.scorers import build_scorer
     from idcrafter.utils.media import load_image, read_video
+    from idcrafter.validation import LIMITS, check_prompt
 
+    from idcrafter.validation import check_reference_count
+
+    if prompt is not None:
+        check_reference_count(check_prompt(prompt, "--prompt"), len(ref))
+    if len(ref) > LIMITS.max_references:
+        raise InputError(f"{len(ref)} references given; at most {LIMITS.max_references} subjects are scored")
     refs = [load_image(p) for p in ref]
-    if face_backend == "sprites":
-        from idcrafter.judge.judge import Judge
-
-        judge = Judge.load()
-        frames = read_video(video)
-        report = judge.score(frames, refs, prompt)
-        out = report.as_dict() if as_json else report.metrics
-    else:
-        out = _judge_real_faces(read_video(video), refs, face_backend, face_weights)
-    _print_metrics(out, as_json)
-
-
-def _judge_real_faces(frames, refs, backend: str, weights: Optional[Path]) -> dict:
-    """Real-video mode: per-subject face similarity and leakage with a real face model."""
-    from idcrafter.judge.backends.real_faces import face_similarity_matrix
-    from idcrafter.judge.backends.registry import build_face_detector, build_face_embedder
-    from idcrafter.judge.metrics import motion_amplitude
-
-    detector = build_face_detector("dlib")
-    embedder = build_face_embedder(backend, str(weights) if weights else None)
-    res = face_similarity_matrix(frames, refs, detector, embedder, max_faces=len(refs))
-    return {"face_sim_mean": res.mean, "face_sim_min": res.min,
-            "leakage": float(sum(res.leakage) / len(res.leakage)),
-            "motion_px_per_frame": motion_amplitude(frames), "per_subject": res.per_subject}
+    frames = read_video(video)  # bad inputs first: before the judge is loaded
+    if judge not in ("main", "audit") or (judge == "audit" and face_backend != "sprites"):
+        raise InputError(f"--judge must be main or audit (audit only with --face-backend sprites), got {judge!r}")
+    name = "sprites-audit" if judge == "audit" and face_backend == "sprites" else face_backend
+    scorer = build_scorer(name, None if face_backend == "sprites" else face_weights)
+    report = scorer.score(frames, refs, prompt)
+    _print_metrics(report.as_dict() if as_json else report.metrics, as_json)
 
 
 @app.command("generate")
@@ -205,23 +215,32 @@ def generate(
     steps: int = typer.Option(50), cfg: float = typer.Option(2.5), seed: int = typer.Option(0),
     frames: Optional[int] = typer.Option(None), height: Optional[int] = typer.Option(None),
     width: Optional[int] = typer.Option(None),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out file"),
+    device: DeviceOption = None, dtype: DtypeOption = None, offload: OffloadOption = "none",
 ) -> None:
     """Generate a video from a prompt and reference images with a saved pipeline."""
-    import torch
-
     from idcrafter.encoders.references import prepare_reference
+    from idcrafter.generation import Case, GenerationSettings, generate as generate_clips
     from idcrafter.pipeline import IDCrafterPipeline
     from idcrafter.utils.media import contact_sheet, save_image, write_mp4
 
-    if not (model / "model_index.json").is_file():
-        raise InputError(f"{model} is not a pipeline folder (no model_index.json): pass the folder written "
-                         f"by IDCrafterPipeline.save_pretrained, e.g. assets/checkpoints/sprites-sft")
-    pipe = IDCrafterPipeline.from_pretrained(str(model))
+    from idcrafter.utils.io import check_output_file
+    from idcrafter.validation import LIMITS, check_generation, check_pipeline_folder, check_seed, check_video_size
+
+    check_pipeline_folder(model)  # a local folder only (a hub name is refused)
+
+    # everything that needs no model first, so bad input never waits for (or prints) a model load
+    check_seed(seed), check_video_size(frames, height, width)
+    check_generation([prompt], [list(ref)], steps, cfg, LIMITS.max_references)
+    check_output_file(out, (".mp4",), overwrite)
+    check_output_file(out.with_name(out.stem + "_sheet.png"), (".png",), overwrite, option="the sheet beside --out")
+    from idcrafter.devices import load_pipeline
+
+    pipe = load_pipeline(model, device, dtype, offload)
     refs = [prepare_reference(p, pipe.config.reference_size) for p in ref]
-    video = pipe(prompt, refs, height=height, width=width, num_frames=frames, num_inference_steps=steps,
-                 guidance_scale=cfg, generator=torch.Generator().manual_seed(seed)).frames[0]
-    frames_u8 = (video * 255 + 0.5).clip(0, 255).astype("uint8")  # (F, H, W, 3)
-    write_mp4(out, frames_u8)
+    case = Case(key=out.stem, prompt=prompt, references=refs, seed=seed, size=(frames, height, width))
+    (frames_u8,) = generate_clips(pipe, [case], GenerationSettings(steps=steps, guidance=cfg))  # (F, H, W, 3) uint8
+    write_mp4(out, frames_u8, fps=pipe.fps)  # the model's size and frame rate
     sheet = out.with_name(out.stem + "_sheet.png")
     save_image(sheet, contact_sheet([("references", refs), ("generated", list(frames_u8))]))
     typer.echo(f"wrote {out} and {sheet}")
@@ -237,8 +256,11 @@ def bench_model_cmd(
     """IDCrafter vs diffusers' Wan forward, condition-cache speed-up, achieved GEMM fraction."""
     from idcrafter.bench import bench_model
 
+    from idcrafter.validation import check_int, check_steps
+
     if not 2 <= ref_latent <= 32 or ref_latent % 2:
         raise InputError(f"--ref-latent must be even and in 2..32 (the bench preset takes 256 tokens), got {ref_latent}")
+    check_steps(steps), check_int(repeats, "--repeats", 1, 1000)
     _print_metrics(bench_model(steps=steps, repeats=repeats, ref_latent=ref_latent), as_json)
 
 
@@ -251,7 +273,15 @@ def bench_train_cmd(
 ) -> None:
     """Training step speed: samples/s, achieved fraction of the fp32 GEMM peak, peak memory."""
     from idcrafter.bench import bench_train
+    from idcrafter.recipes import RECIPES
+    from idcrafter.validation import check_int
 
+    check_int(repeats, "--repeats", 1, 1000)
+    if threads is not None:
+        check_int(threads, "--threads", 1, 256)
+    for name in target:
+        if name != "bench" and name not in RECIPES:
+            raise InputError(f"unknown --target {name!r}: choose bench or a recipe ({', '.join(RECIPES)})")
     res = bench_train(tuple(target), repeats=repeats, threads=threads)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
@@ -270,15 +300,22 @@ def eval_heldout(
                                                       "(--no-guide-references keeps them: guidance on the prompt only)"),
     out: Path = typer.Option(Path("outputs/heldout"), help="heldout.json and contact sheets"),
     as_json: bool = typer.Option(False, "--json"),
+    device: DeviceOption = None, dtype: DtypeOption = None, offload: OffloadOption = "none",
 ) -> None:
     """Generate held-out SpriteWorld casts and judge them beside the ground truth's own figures."""
     from idcrafter.heldout import HeldoutConfig, evaluate_heldout, metrics_table
     from idcrafter.pipeline import IDCrafterPipeline
 
-    if not (model / "model_index.json").is_file():
-        raise InputError(f"{model} is not a pipeline folder (no model_index.json)")
+    from idcrafter.utils.io import claim_output_dir
+    from idcrafter.validation import LIMITS, check_guidance, check_int, check_pipeline_folder, check_seed, check_steps
+
+    check_pipeline_folder(model)
+    check_int(n, "--n", 1, LIMITS.max_eval_cases), check_seed(seed), check_steps(steps), check_guidance(cfg)
+    claim_output_dir(out, "idcrafter eval heldout", signature=("heldout.json",))
     held = HeldoutConfig(n=n, seed=seed, steps=steps, guidance=cfg, guide_references=guide_references)
-    result = evaluate_heldout(IDCrafterPipeline.from_pretrained(str(model)), held, out_dir=out)
+    from idcrafter.devices import load_pipeline
+
+    result = evaluate_heldout(load_pipeline(model, device, dtype, offload), held, out_dir=out)
     typer.echo(json.dumps({k: result[k] for k in ("generated", "ground_truth")}, indent=2) if as_json
                else metrics_table(result))
     typer.echo(f"wrote {out}/heldout.json", err=True)
@@ -289,7 +326,11 @@ def demo(out: Path = typer.Option(Path("outputs/demo")), seed: int = typer.Optio
          subjects: int = typer.Option(3)) -> None:
     """The main job on the embedded default (see README)."""
     from idcrafter.demo import run_demo
+    from idcrafter.utils.io import claim_output_dir
+    from idcrafter.validation import LIMITS, check_int, check_seed
 
+    check_seed(seed), check_int(subjects, "--subjects", 1, LIMITS.max_references)
+    claim_output_dir(out, "idcrafter demo", signature=("generated.mp4", "metrics.json", "report.md"))
     run_demo(out, seed=seed, subjects=subjects)
 
 

@@ -34,28 +34,99 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
-    """Inverse of `config_to_dict`; unknown keys raise, missing keys keep their defaults."""
+def config_from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
+    """Inverse of `config_to_dict`; unknown keys and values of the wrong type raise an
+    `InputError` naming the dotted key; missing keys keep their defaults."""
+    if not isinstance(data, dict):
+        raise InputError(f"config section {prefix.rstrip('.') or cls.__name__} must be a JSON object, "
+                         f"got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in names:
-            raise InputError(f"unknown config key {key!r} for {cls.__name__}{_suggest(key, names)}")
-        kwargs[key] = _from_json(hints[key], value)
+            raise InputError(f"unknown config key {prefix + str(key)!r} for {cls.__name__}{_suggest(str(key), names)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            kwargs[key] = config_from_dict(hint, value, prefix=f"{prefix}{key}.")
+            continue
+        value = _from_json(hint, value)
+        if not _type_ok(hint, value):
+            raise InputError(f"config key {prefix + key!r} must be {_type_name(hint)}, got {value!r}")
+        kwargs[key] = value
     return cls(**kwargs)
 
 
+def _type_ok(hint: Any, value: Any) -> bool:
+    """Whether a JSON-decoded (and `_from_json`-coerced) value has the declared type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(a, value) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        elem = args[0] if args else Any
+        return all(_type_ok(elem, v) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, hint)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if hint is type(None):
+        return "null"
+    if origin in (tuple, list):
+        return f"a list of {_type_name(args[0]) if args else 'values'}"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "an object"}
+    return names.get(origin or hint, getattr(hint, "__name__", str(hint)))
+
+
 def save_config(cfg: Any, path: str | Path) -> Path:
-    """Write the resolved config as indented JSON."""
+    """Write the resolved config as indented JSON, atomically (a kill leaves the old file or the new)."""
+    from idcrafter.utils.io import atomic_write_text, ensure_dir
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+    ensure_dir(path.parent)
+    atomic_write_text(path, json.dumps(config_to_dict(cfg), indent=2) + "\n")
     return path
 
 
 def load_config(cls: type[C], path: str | Path) -> C:
-    return config_from_dict(cls, json.loads(Path(path).read_text()))
+    """Read a config written by `save_config`; a missing, corrupt or wrongly typed file is a
+    one-line `CorruptFileError` / `MissingWeightsError`."""
+    from idcrafter.errors import CorruptFileError, MissingWeightsError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"config not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(f"{path} is not valid JSON ({exc.__class__.__name__}: {exc}): "
+                               "restore it or start a new run folder") from exc
+    try:
+        return config_from_dict(cls, data)
+    except InputError as exc:
+        raise CorruptFileError(f"{path}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise CorruptFileError(f"{path}: wrong values ({exc})") from exc
 
 
 def apply_overrides(cfg: C, overrides: list[str] | tuple[str, ...]) -> C:

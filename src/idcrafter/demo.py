@@ -13,9 +13,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from idcrafter.errors import MissingWeightsError
 from idcrafter.heldout import METRICS
 
@@ -42,7 +39,9 @@ def run_demo(out: Path, seed: int = 7, subjects: int = 3, model: Path | None = N
              guidance: float = 2.5) -> dict:
     """Generate, judge and write `out/{generated.mp4, ground_truth.mp4, sheet.png, metrics.json,
     report.md, ref_*.png}`."""
-    from idcrafter.judge.judge import Judge
+    from idcrafter.generation import GenerationSettings, generate_and_score
+    from idcrafter.heldout import example_case
+    from idcrafter.scorers import SpritesScorer
     from idcrafter.utils.media import contact_sheet, save_image, write_mp4
     from idcrafter.world.dataset import make_example
     from idcrafter.world.scene import WorldConfig
@@ -55,19 +54,16 @@ def run_demo(out: Path, seed: int = 7, subjects: int = 3, model: Path | None = N
     world = WorldConfig(frames=pc.default_frames, height=pc.default_height, width=pc.default_width,
                         ref_size=pc.reference_size)
     ex = make_example(seed, 0, "heldout", world, num_subjects=subjects)
-    t, h, w = ex.clip.frames.shape[:3]
-    video = pipe(ex.caption, list(ex.refs), height=h, width=w, num_frames=t, num_inference_steps=steps,
-                 guidance_scale=guidance, generator=torch.Generator().manual_seed(seed)).frames[0]
-    generated = (video * 255 + 0.5).clip(0, 255).astype(np.uint8)  # (T, H, W, 3)
+    settings = GenerationSettings(steps=steps, guidance=guidance)
+    (res,) = generate_and_score(pipe, [example_case(ex, "demo", seed)], settings, SpritesScorer(), score_truth=True)
+    generated = res.frames  # (T, H, W, 3) uint8
     for i, r in enumerate(ex.refs):
         save_image(out / f"ref_{i}.png", r)
     write_mp4(out / "generated.mp4", generated)
     write_mp4(out / "ground_truth.mp4", ex.clip.frames)
     save_image(out / "sheet.png", contact_sheet([("references", list(ex.refs)), ("generated", list(generated)),
                                                  ("ground truth", list(ex.clip.frames))]))
-    judge = Judge.load()
-    gen = judge.score(generated, list(ex.refs), ex.caption)
-    gt = judge.score(ex.clip.frames, list(ex.refs), ex.caption)
+    gen, gt = res.report, res.truth
     result = {"caption": ex.caption, "model": str(model or default_model()), "steps": steps, "guidance": guidance,
               "generated": gen.as_dict(), "ground_truth": gt.as_dict()}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))

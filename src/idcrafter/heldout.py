@@ -12,7 +12,6 @@ reported beside it (`generated` vs `ground_truth`), never alone.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,8 +53,13 @@ def heldout_cases(pipe, cfg: HeldoutConfig) -> list:
             for i in range(cfg.n)]
 
 
-def _frames_uint8(video: np.ndarray) -> np.ndarray:
-    return (video * 255 + 0.5).clip(0, 255).astype(np.uint8)  # (T, H, W, 3)
+def example_case(ex, key: str, seed: int):
+    """A SpriteWorld example as a `generation.Case` (its render as the ground truth)."""
+    from idcrafter.generation import Case
+
+    return Case(key=key, prompt=ex.caption, references=list(ex.refs), seed=seed,
+                size=tuple(ex.clip.frames.shape[:3]), ground_truth=ex.clip.frames,
+                meta={"subjects": len(ex.refs)})
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -72,42 +76,39 @@ def evaluate_heldout(pipe, cfg: HeldoutConfig | None = None, judge=None, out_dir
                      progress: bool = True) -> dict[str, Any]:
     """Generate and judge `cfg.n` held-out casts; returns {"generated", "ground_truth", "gap",
     "cases", "config", "seconds"} and, with `out_dir`, writes `heldout.json` and contact sheets
-    (references | generated | ground truth) of the first `cfg.sheets` cases."""
-    from tqdm.auto import tqdm
+    (references | generated | ground truth) of the first `cfg.sheets` cases.
 
-    from idcrafter.judge.judge import Judge
+    `judge`: a `Judge` or any `idcrafter.scorers.Scorer` (default: the shipped SpriteWorld judge)."""
+    from idcrafter.generation import GenerationSettings, generate_and_score
+    from idcrafter.scorers import SpritesScorer, Scorer
+    from idcrafter.utils.io import atomic_write_json
     from idcrafter.utils.media import contact_sheet, save_image
 
     cfg = cfg or HeldoutConfig()
-    judge = judge or Judge.load()
+    scorer = judge if isinstance(judge, Scorer) else SpritesScorer(judge=judge)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    cases = []
-    was_training = pipe.transformer.training
-    pipe.transformer.eval()
-    for i, ex in enumerate(tqdm(heldout_cases(pipe, cfg), desc="held-out", disable=not progress)):
-        t, h, w = ex.clip.frames.shape[:3]
-        video = pipe(ex.caption, list(ex.refs), height=h, width=w, num_frames=t, num_inference_steps=cfg.steps,
-                     guidance_scale=cfg.guidance, generator=torch.Generator().manual_seed(cfg.sample_seed + i),
-                     guide_references=cfg.guide_references).frames[0]
-        frames = _frames_uint8(video)
-        gen = judge.score(frames, list(ex.refs), ex.caption).metrics
-        gt = judge.score(ex.clip.frames, list(ex.refs), ex.caption).metrics
-        cases.append({"caption": ex.caption, "subjects": len(ex.refs),
-                      "generated": {k: gen.get(k) for k in METRICS}, "ground_truth": {k: gt.get(k) for k in METRICS}})
+    cases = [example_case(ex, f"case_{i:02d}", cfg.sample_seed + i) for i, ex in enumerate(heldout_cases(pipe, cfg))]
+    settings = GenerationSettings(steps=cfg.steps, guidance=cfg.guidance, guide_references=cfg.guide_references)
+    rows = []
+    for i, res in enumerate(generate_and_score(pipe, cases, settings, scorer, score_truth=True, progress=progress,
+                                               desc="held-out")):
+        gen, gt = res.report.metrics, res.truth.metrics
+        rows.append({"caption": res.case.prompt, "subjects": len(res.case.references),
+                     "generated": {k: gen.get(k) for k in METRICS}, "ground_truth": {k: gt.get(k) for k in METRICS}})
         if out is not None and i < cfg.sheets:
-            save_image(out / f"case_{i:02d}.png", contact_sheet(
-                [("references", list(ex.refs)), ("generated", list(frames)), ("ground truth", list(ex.clip.frames))]))
-    pipe.transformer.train(was_training)
-    generated = summarise([c["generated"] for c in cases])
-    truth = summarise([c["ground_truth"] for c in cases])
+            save_image(out / f"{res.case.key}.png", contact_sheet(
+                [("references", res.case.references), ("generated", list(res.frames)),
+                 ("ground truth", list(res.case.ground_truth))]))
+    generated = summarise([c["generated"] for c in rows])
+    truth = summarise([c["ground_truth"] for c in rows])
     result = {"generated": generated, "ground_truth": truth,
               "gap": {k: generated[k] - truth[k] for k in METRICS},
-              "cases": cases, "config": asdict(cfg), "seconds": time.time() - t0}
+              "cases": rows, "config": asdict(cfg), "seconds": time.time() - t0}
     if out is not None:
-        (out / "heldout.json").write_text(json.dumps(result, indent=2))
+        atomic_write_json(out / "heldout.json", result, indent=2)
     return result
 
 

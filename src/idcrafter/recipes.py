@@ -7,6 +7,7 @@
 |---------------|----------------------------------------|----------------------------|------------------------------|
 | `debug`       | tiny random (tests; seconds on a CPU)  | full                       | SpriteWorld 3 x 24 x 24, B 2 |
 | `sprites`     | `sprites` preset, pixel codec, tiny T5 | full, from scratch         | SpriteWorld 5 x 48 x 48, B 16|
+| `sprites-latent` | `sprites-latent` preset, SpriteWorld Wan VAE | full, from scratch | as `sprites`, 40 px refs |
 | `wan2.1-1.3b` | Wan2.1-T2V-1.3B + Qwen2.5-VL grounding | LoRA r32 + new modules     | real clips (JSONL manifest)  |
 | `wan2.1-14b`  | Wan2.1-T2V-14B + Qwen2.5-VL grounding  | LoRA r32 + new modules     | real clips (JSONL manifest)  |
 
@@ -86,12 +87,27 @@ def sprites() -> Config:
     )
 
 
+@register_recipe("sprites-latent")
+def sprites_latent() -> Config:
+    """The embedded default in the real stack's form: the `sprites-latent` DiT trained in the
+    latents of the SpriteWorld Wan VAE (`assets/checkpoints/sprites-vae`, `idcrafter train vae`),
+    references encoded by the same VAE (40 px -> 10 x 10 latents -> 25 tokens). Everything else is
+    the `sprites` recipe (data, loss, schedule), so the pixel and latent codecs compare at equal
+    DiT size, steps and data (docs/sprites.md)."""
+    cfg = sprites()
+    cfg.model.preset = "sprites-latent"
+    cfg.model.codec, cfg.model.codec_path = "wan-vae", "assets/checkpoints/sprites-vae"
+    cfg.model.reference_size = cfg.data.ref_size = 40
+    return cfg
+
+
 def _wan(size: str, folder: str, steps: int) -> Config:
     """Wan2.1 + subject modules on real clips: LoRA r32 on the base, new modules fully trained,
-    frozen weights in bf16, gradient checkpointing, 81 x 480 x 832 clips (Wan's 480p)."""
+    frozen weights in bf16, gradient checkpointing, 81 x 480 x 832 clips (Wan's 480p). The Wan
+    folder is named once (`model.wan_path`): the VAE and UMT5 are read from it too."""
     clip = dict(frames=81, height=480, width=832)
     return Config(
-        model=ModelConfig(preset=f"wan2.1-{size}", codec="wan-vae", codec_path=folder, text_encoder=folder,
+        model=ModelConfig(preset=f"wan2.1-{size}", codec="wan-vae", codec_path=None, text_encoder="wan",
                           text_max_length=512, wan_path=folder, vlm_path="models/Qwen2.5-VL-7B-Instruct",
                           frozen_dtype="bfloat16", reference_size=512, shift=3.0, **clip),
         data=DataConfig(source="manifest", path="data/train.jsonl", ref_size=512, batch_size=1, prefetch=2,
@@ -100,7 +116,8 @@ def _wan(size: str, folder: str, steps: int) -> Config:
         optim=OptimConfig(lr=1e-4, warmup_steps=200, weight_decay=0.01, grad_clip=1.0),
         train=TrainConfig(steps=steps, mode="lora", lora_rank=32, lora_alpha=32, mixed_precision="bf16",
                           gradient_checkpointing=True, ema_decay=0.999, text_cache_size=1024),
-        checkpoint=CheckpointConfig(every=500, keep_last=3, export_pipeline=False, export_final=True),
+        # checkpoint pipelines hold the transformer only: the frozen VAE, UMT5 and VLM are links (idcrafter.linking)
+        checkpoint=CheckpointConfig(every=500, keep_last=3, export_pipeline=True, export_final=True),
         eval=EvalConfig(every=500, source="manifest", path="data/heldout.jsonl", batch_size=2,
                         sample_every=1000, sample_steps=30, sample_guidance=2.5),
         log=LogConfig(every=10),

@@ -208,6 +208,68 @@ def sde_step_with_logprob(
     return SDEStep(prev_sample, log_prob, mean, std)
 
 
+def cps_step_with_logprob(
+    velocity: torch.Tensor,
+    sigma: SigmaLike,
+    sigma_next: SigmaLike,
+    sample: torch.Tensor,
+    noise_level: float = 0.8,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+) -> SDEStep:
+    """One coefficients-preserving sampling (CPS) step and the log-prob of its result.
+
+    With ``s = sigma``, ``s' = sigma_next``, ``eta = noise_level`` (all fp32)::
+
+        x0_hat = x - s v,   x1_hat = x + (1 - s) v          # predicted data and noise
+        std    = s' sin(eta pi / 2)
+        mean   = (1 - s') x0_hat + sqrt(s'^2 - std^2) x1_hat
+        x'     = mean + std * eps
+
+    so x' keeps the coefficients of the forward process: (1 - s') x0 + s' * (unit-variance noise).
+    ``eta = 0`` (or ``s' = 0``) is exactly the Euler step, with log-prob 0.
+
+    Departure from flow_grpo (``sde_type="cps"``): flow_grpo codes the log-prob as
+    ``-(x' - mean)^2`` averaged over elements, with neither the ``1 / (2 std^2)`` scale nor the
+    normalising terms; here it is the exact Gaussian log-density averaged over non-batch dims, as
+    for :func:`sde_step_with_logprob`, so ratios, clip ranges and the KL mean the same thing for
+    both samplers. The ratio of two such densities differs from flow_grpo's by that scale.
+    Deterministic rows, dtype handling and detaching of ``prev_sample`` are as in
+    :func:`sde_step_with_logprob`.
+    """
+    x, v = sample.float(), velocity.float()  # (B, C, F, H, W)
+    s, s_next = _sigma_view(sigma, sample), _sigma_view(sigma_next, sample)  # (B, 1, ..., 1)
+    x0_hat = x - s * v
+    x1_hat = x + (1 - s) * v
+    std = s_next * math.sin(noise_level * math.pi / 2)
+    mean = (1 - s_next) * x0_hat + torch.sqrt((s_next**2 - std**2).clamp_min(0)) * x1_hat
+    stochastic = (s_next > 0) & (std > 0)
+    mean = torch.where(stochastic, mean, x + (s_next - s) * v)  # deterministic rows: Euler
+    std = torch.where(stochastic, std, torch.zeros_like(std))
+    if prev_sample is None:
+        prev_sample = (mean + std * _randn_like(sample, generator)).to(sample.dtype)
+    safe_std = torch.where(stochastic, std, torch.ones_like(std))
+    z = (prev_sample.detach().float() - mean) / safe_std
+    log_prob = -0.5 * z**2 - torch.log(safe_std) - _LOG_SQRT_2PI  # (B, C, F, H, W)
+    log_prob = torch.where(stochastic, log_prob, torch.zeros_like(log_prob))
+    log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))  # (B,)
+    return SDEStep(prev_sample, log_prob, mean, std)
+
+
+SDEType = Literal["flow", "cps"]
+DEFAULT_NOISE_LEVEL = {"flow": 0.7, "cps": 0.8}
+
+
+def stochastic_step(sde_type: SDEType) -> Callable[..., SDEStep]:
+    """The step function of a stochastic sampler: "flow" = :func:`sde_step_with_logprob`
+    (Flow-GRPO's SDE), "cps" = :func:`cps_step_with_logprob`. Rollouts and the trainer's
+    log-prob re-evaluation both get their step from here."""
+    steps = {"flow": sde_step_with_logprob, "cps": cps_step_with_logprob}
+    if sde_type not in steps:
+        raise InputError(f"sde_type must be 'flow' or 'cps', got {sde_type!r}")
+    return steps[sde_type]
+
+
 # --------------------------------------------------------------------------------------------
 # Classifier-free guidance
 # --------------------------------------------------------------------------------------------
@@ -295,16 +357,19 @@ def sample(
     sigmas: torch.Tensor,
     *,
     mode: Literal["ode", "sde"] = "ode",
-    noise_level: float = 0.7,
+    noise_level: float | None = None,
     sde_window: tuple[int, int] | None = None,
+    sde_type: SDEType = "flow",
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     return_trajectory: bool = False,
     callback: Callable[[int, int], None] | None = None,
 ) -> SampleOutput:
     """Integrate from ``latents`` at ``sigmas[0]`` down to ``sigmas[-1]``.
 
-    ``mode="ode"``: Euler on every step (inference). ``mode="sde"``: Flow-GRPO SDE steps with
-    log-probs on the steps of ``sde_window`` (``(start, end)``, half-open step range; default all),
+    ``mode="ode"``: Euler on every step (inference). ``mode="sde"``: stochastic steps with
+    log-probs (``sde_type``: "flow" = Flow-GRPO's SDE, "cps" = coefficients-preserving sampling;
+    ``noise_level`` defaults to 0.7 / 0.8 respectively) on the steps of ``sde_window``
+    (``(start, end)``, half-open step range; default all),
     Euler elsewhere (flow_grpo's "window" / Flow-GRPO-Fast option); a step ending at sigma 0 is
     always Euler. ``velocity_fn(x, sigma)`` gets ``sigma`` as a (B,) float32 tensor and must return
     the guided velocity (bind :func:`guided_velocity` to the model). ``callback(i, N)`` is called
@@ -314,6 +379,8 @@ def sample(
     n, b = sigmas.numel() - 1, latents.shape[0]
     sde_steps = _sde_steps(sigmas, mode, sde_window)
     stochastic = set(sde_steps)
+    step_fn = stochastic_step(sde_type)
+    level = DEFAULT_NOISE_LEVEL[sde_type] if noise_level is None else noise_level
     x = latents  # (B, C, F, H, W)
     trajectory = [x] if return_trajectory else []
     log_probs: list[torch.Tensor] = []
@@ -321,7 +388,7 @@ def sample(
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         v = velocity_fn(x, torch.full((b,), s, dtype=torch.float32, device=x.device))
         if i in stochastic:
-            step = sde_step_with_logprob(v, s, s_next, x, noise_level=noise_level, generator=generator)
+            step = step_fn(v, s, s_next, x, noise_level=level, generator=generator)
             x = step.prev_sample
             log_probs.append(step.log_prob)  # (B,)
         else:

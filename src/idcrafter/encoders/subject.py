@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from idcrafter.errors import InputError, MissingWeightsError
+from idcrafter.utils.hooks import execution_device
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -91,6 +92,6 @@ class VisionSubjectEncoder(nn.Module):
         x = torch.from_numpy(np.stack(list(images))).permute(0, 3, 1, 2).float().div(255)  # (N, 3, H, W)
         x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
                           align_corners=False)
-        device = next(self.model.parameters()).device
+        device = execution_device(self.model)  # the offload hook's device, if any
         x = ((x - self.mean) / self.std).to(device, next(self.model.parameters()).dtype)
         return self.model(pixel_values=x).last_hidden_state.float()

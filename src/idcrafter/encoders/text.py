@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from idcrafter.errors import MissingWeightsError
+from idcrafter.utils.hooks import execution_device
 
 if TYPE_CHECKING:  # heavy imports stay out of module import time
     from transformers import PreTrainedTokenizerBase
@@ -175,7 +176,7 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states (B, L, D) float32 with padded positions zeroed, and mask (B, L) bool."""
-        device = next(self.model.parameters()).device
+        device = execution_device(self.model)  # the offload hook's device, if any
         ids, mask = self.tokenize(list(prompts))  # (B, L), (B, L)
         hidden = self.model(input_ids=ids.to(device), attention_mask=mask.to(device).long()).last_hidden_state
         hidden = hidden.float() * mask.to(device)[..., None]  # (B, L, D): zeros past each real length

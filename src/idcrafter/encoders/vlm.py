@@ -29,6 +29,7 @@ from torch import nn
 
 from idcrafter.encoders.text import DEFAULT_WORDS, build_word_tokenizer
 from idcrafter.errors import InputError, MissingWeightsError
+from idcrafter.utils.hooks import execution_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -175,7 +176,7 @@ class VLMGrounder(nn.Module):
     @torch.no_grad()
     def encode(self, prompts: list[str], images: list[list[np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states of layer `self.layer` (B, L, D) float32, padding zeroed; mask (B, L) bool."""
-        device = next(self.model.parameters()).device
+        device = execution_device(self.model)  # the offload hook's device, if any
         inputs = {k: v.to(device) for k, v in self.build_inputs(list(prompts), list(images)).items()}
         out = self.model(**inputs, use_cache=False, output_hidden_states=True, return_dict=True)
         mask = inputs["attention_mask"].bool()  # (B, L)

@@ -11,15 +11,13 @@ action, so the partner's motion disambiguates.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 from torch import nn
 
 from idcrafter.judge.crops import BODY_SIZE, body_crop, to_tensor
-from idcrafter.judge.parts import count_params, load_part, save_part
-from idcrafter.world.scene import ACTIONS, WorldConfig
+from idcrafter.judge.parts import load_part
+from idcrafter.world.scene import ACTIONS
 
 STEPS = 9
 GEOM = 10  # per-step geometric features
@@ -58,9 +56,10 @@ def track_geometry(boxes: np.ndarray, partner: np.ndarray | None, frame_hw: tupl
     return np.stack(feats, 1).astype(np.float32)
 
 
-def choose_partner(k: int, all_boxes: list[np.ndarray]) -> np.ndarray | None:
-    """The other track whose centre comes closest (in x, relative to height) to track k."""
-    best, best_d = None, np.inf
+def partner_index(k: int, all_boxes: list[np.ndarray]) -> int:
+    """Index of the other track whose centre comes closest (in x, relative to height) to track k;
+    -1 when there is no other track."""
+    best, best_d = -1, np.inf
     bk = _interp_boxes(all_boxes[k], STEPS)
     ck, hk = (bk[:, 0] + bk[:, 2]) / 2, max(float(np.median(bk[:, 3] - bk[:, 1])), 1.0)
     for j, bj in enumerate(all_boxes):
@@ -69,8 +68,14 @@ def choose_partner(k: int, all_boxes: list[np.ndarray]) -> np.ndarray | None:
         b = _interp_boxes(bj, STEPS)
         d = float(np.min(np.abs((b[:, 0] + b[:, 2]) / 2 - ck))) / hk
         if d < best_d:
-            best, best_d = bj, d
+            best, best_d = j, d
     return best
+
+
+def choose_partner(k: int, all_boxes: list[np.ndarray]) -> np.ndarray | None:
+    """The boxes of track k's partner (`partner_index`), None without one."""
+    j = partner_index(k, all_boxes)
+    return all_boxes[j] if j >= 0 else None
 
 
 def track_crops(frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -117,134 +122,23 @@ class ActionRecognizer:
         return cls(load_part(ActionNet, "action", folder))
 
     @torch.no_grad()
-    def predict(self, frames: np.ndarray, track_boxes: list[np.ndarray]) -> list[str]:
-        """frames (T, H, W, 3) uint8; track_boxes: one (T, 4) array per track, NaN where missing."""
+    def probabilities(self, frames: np.ndarray, track_boxes: list[np.ndarray]) -> np.ndarray:
+        """(N, len(ACTIONS)) softmax over actions per track; frames (T, H, W, 3) uint8,
+        track_boxes: one (T, 4) array per track, NaN where missing."""
         if not track_boxes:
-            return []
-        crops, geoms = _batch(frames, track_boxes)
-        logits = self.net(crops, geoms)
-        return [ACTIONS[i] for i in logits.argmax(-1).tolist()]
+            return np.zeros((0, len(ACTIONS)), np.float32)
+        crops, geoms = batch_tracks(frames, track_boxes)
+        return torch.softmax(self.net(crops, geoms), -1).numpy()
+
+    def predict(self, frames: np.ndarray, track_boxes: list[np.ndarray]) -> list[str]:
+        """One action name per track (the most probable)."""
+        return [ACTIONS[i] for i in self.probabilities(frames, track_boxes).argmax(-1).tolist()]
 
 
-def _batch(frames: np.ndarray, track_boxes: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_tracks(frames: np.ndarray, track_boxes: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recogniser's inputs for K tracks: crops (K, STEPS, 3, 32, 16) and geometry (K, STEPS, GEOM)."""
     hw = frames.shape[1:3]
     crops = np.stack([track_crops(frames, b) for b in track_boxes])  # (K, S, 32, 16, 3)
     geoms = np.stack([track_geometry(b, choose_partner(k, track_boxes), hw) for k, b in enumerate(track_boxes)])
     c = to_tensor(crops.reshape(-1, *BODY_SIZE, 3)).view(len(track_boxes), STEPS, 3, *BODY_SIZE)
     return c, torch.from_numpy(geoms)
-
-
-def _jitter(boxes: np.ndarray, rng: np.random.Generator, amount: float = 0.06) -> np.ndarray:
-    """Detector-like noise on ground-truth boxes: +-amount of the box size per coordinate."""
-    size = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, 1)
-    return boxes + rng.normal(0, amount, boxes.shape) * size
-
-
-def _detected_boxes(detector, frames: np.ndarray, gt: np.ndarray, labels: list[int]) -> tuple[list[np.ndarray], list[int]]:
-    """The judge's own tracks of a clip, each labelled with the action of the ground-truth
-    subject it overlaps most (mean IoU >= 0.3 over frames where both exist); others dropped
-    from the labels but kept as possible partners."""
-    from idcrafter.judge.tracking import box_iou, detect_tracks
-
-    _, tracks = detect_tracks(detector, frames)
-    boxes = [tr.boxes() for tr in tracks]
-    out_labels = []
-    for b in boxes:
-        ious = []
-        for k in range(gt.shape[1]):
-            ok = ~np.isnan(b[:, 0])
-            ious.append(np.mean([box_iou(b[f:f + 1], gt[f, k:k + 1])[0, 0] for f in np.where(ok)[0]]) if ok.any() else 0)
-        k = int(np.argmax(ious)) if ious else -1
-        out_labels.append(labels[k] if k >= 0 and ious[k] >= 0.3 else -1)
-    return boxes, out_labels
-
-
-def _examples(seed: int, start: int, num: int, split: str, rng: np.random.Generator, degrade_p: float,
-              detector=None):
-    """Yield (crops, geom, label) for the subjects of `num` rendered clips: from ground-truth boxes
-    (jittered like a detector's) or, for every other clip when a detector is given, from the
-    judge's own detected tracks."""
-    from idcrafter.world.dataset import make_example
-    from idcrafter.world.degrade import degrade, severity_sample
-
-    for i in range(start, start + num):
-        frames_n = 9 if i % 3 else 5  # both clip lengths the generator will produce
-        ex = make_example(seed, i, split, WorldConfig(frames=frames_n))
-        frames = ex.clip.frames
-        if rng.random() < degrade_p:
-            frames = degrade(frames, rng, severity_sample(rng))
-        labels = [ACTIONS.index(s.action) for s in ex.spec.subjects]
-        if detector is not None and i % 2 == 0:
-            boxes, labels = _detected_boxes(detector, frames, ex.clip.boxes, labels)
-        else:
-            boxes = [_jitter(ex.clip.boxes[:, k], rng) for k in range(len(labels))]
-        if not boxes:
-            continue
-        crops, geoms = _batch(frames, boxes)
-        for k, y in enumerate(labels):
-            if y >= 0:
-                yield crops[k], geoms[k], y
-
-
-def _pool(seed: int, start: int, num: int, split: str, degrade_p: float, detector=None):
-    rng = np.random.default_rng([seed, start])
-    items = list(_examples(seed, start, num, split, rng, degrade_p, detector))
-    return (torch.stack([c for c, _, _ in items]), torch.stack([g for _, g, _ in items]),
-            torch.tensor([y for _, _, y in items]))
-
-
-def train_action(seed: int = 0, clips: int = 6000, epochs: int = 20, folder=None, progress: bool = True) -> dict:
-    """Train on ground-truth tracks (jittered, degraded) of train clips; validate on held-out."""
-    from tqdm import tqdm
-
-    from idcrafter.judge.detector import SpriteDetector
-
-    torch.manual_seed(seed)
-    t0 = time.time()
-    detector = SpriteDetector.load(folder)  # train on the tracks the judge will hand over
-    crops, geoms, labels = _pool(seed, 0, clips, "train", degrade_p=0.7, detector=detector)
-    vc, vg, vl = _pool(seed + 1000, 0, 300, "heldout", degrade_p=0.5, detector=detector)
-    net = ActionNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    n, bs = len(labels), 64
-    steps = epochs * (n // bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    bar = tqdm(range(steps), desc="action", disable=not progress)
-    for step in bar:
-        idx = torch.randint(0, n, (bs,))
-        loss = nn.functional.cross_entropy(net(crops[idx], geoms[idx]), labels[idx], label_smoothing=0.05)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    net.eval()
-    with torch.no_grad():
-        pred = torch.cat([net(vc[i:i + 256], vg[i:i + 256]).argmax(-1) for i in range(0, len(vl), 256)])
-    acc = float((pred == vl).float().mean())
-    per_class = {a: float((pred[vl == i] == i).float().mean()) for i, a in enumerate(ACTIONS) if (vl == i).any()}
-    figures = {"action_acc_tracks": acc, "per_class": per_class, "train_tracks": n,
-               "wall_s": round(time.time() - t0, 1), "params": count_params(net)}
-    card = _card(seed, clips, epochs, figures)
-    save_part(net, "action", {"width": 32, "num_actions": len(ACTIONS)}, card, folder)
-    return figures
-
-
-def _card(seed: int, clips: int, epochs: int, fig: dict) -> str:
-    rows = "\n".join(f"| {a} | {v:.3f} |" for a, v in fig["per_class"].items())
-    return f"""# Judge part: action recogniser
-
-Command: `idcrafter world train-judge --part action --seed {seed}`
-Seed: {seed}; data: {clips} train clips (5 and 9 frames, 70% degraded); every other clip gives
-the judge's own detected tracks (labelled by their best-overlapping ground-truth subject), the
-others ground-truth boxes jittered by 6%; {epochs} epochs; {fig['params']} parameters; wall time
-{fig['wall_s']} s (1 CPU thread). Needs the detector part in the same folder.
-
-Validation (300 held-out clips, tracks made the same way, half degraded):
-accuracy **{fig['action_acc_tracks']:.3f}** over {len(ACTIONS)} actions.
-
-| action | accuracy |
-|---|---|
-{rows}
-"""

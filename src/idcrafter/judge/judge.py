@@ -1,25 +1,38 @@
-"""The SpriteWorld judge: scores a clip against its references (and prompt).
+"""The SpriteWorld judge (v2): scores a clip against its references (and prompt).
 
 Pipeline: references -> detector (one subject each) -> face / subject / attribute embeddings;
 clip -> detector per frame -> tracks -> per-track mean embeddings -> Hungarian matching of
-references to tracks -> face_sim (mean, min), subject_sim, leakage, actions, plausibility,
-copy-paste, motion, quality -> total.
+references to tracks -> per subject: face_sim, subject_sim, leakage, own motion (camera and
+light compensated, `temporal.py`), copy-paste, the caption's action done by this subject
+(`binding`) -> plausibility checks, quality (sharpness x realism critic) -> `total`
+(`metrics.TotalWeights`).
+
+Two judges share this class: the main judge (`Judge.load()`, `assets/judge/`), which rewards
+use, and the audit judge (`Judge.load(kind="audit")`, `assets/judge/audit/`), trained apart
+(other seeds, other data, other widths) and never used as a reward; the audit judge also reads
+each matched subject's nine attributes (`attr_acc_mean`, `attr_acc_min`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from idcrafter.errors import InputError
-from idcrafter.judge import metrics as M
 from idcrafter.encoders.references import prepare_reference
+from idcrafter.errors import InputError
+from idcrafter.judge import channels as C
+from idcrafter.judge import metrics as M
+from idcrafter.judge import temporal as TM
 from idcrafter.judge.crops import body_crop, head_crop
-from idcrafter.judge.tracking import detect_tracks
-from idcrafter.world.scene import MAX_SUBJECTS, subject_mask
+from idcrafter.judge.tracking import _anchor, detect_tracks
+from idcrafter.world.scene import ACTIONS, MAX_SUBJECTS, PAIR_ACTIONS, subject_mask
+
+KINDS = ("main", "audit")
+
 
 @dataclass
 class JudgeReport:
@@ -47,30 +60,51 @@ def check_video(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
             raise InputError(f"video frames are {h}x{w}; the judge reads SpriteWorld clips of "
                              f"{size[0]}x{size[1]} (or any size with the same aspect ratio)")
         frames = resize_video(frames, size)
+    if frames.dtype != np.uint8:
+        raise InputError(f"video frames must be uint8 (0-255), got {frames.dtype}")
     return frames
+
+
+def judge_folder(folder: str | Path | None, kind: str) -> Path | None:
+    """The parts folder of a judge kind: `folder` (default `assets/judge`), plus `audit/` for audit."""
+    from idcrafter.judge.parts import judge_dir
+
+    if kind not in KINDS:
+        raise InputError(f"unknown judge {kind!r}: choose main or audit")
+    base = Path(folder) if folder is not None else judge_dir()
+    return base / "audit" if kind == "audit" else base
 
 
 class Judge:
     """Frozen judge built from its parts; `score` is the whole measurement of one clip."""
 
-    def __init__(self, detector, face, subject, action, quality, size: tuple[int, int] = (48, 48),
-                 ref_size: int = 32, weights: M.TotalWeights | None = None):
+    def __init__(self, detector, face, subject, action, quality, critic=None, size: tuple[int, int] = (48, 48),
+                 ref_size: int = 32, weights: M.TotalWeights | None = None, kind: str = "main"):
         self.detector, self.face, self.subject = detector, face, subject
-        self.action, self.quality = action, quality
+        self.action, self.quality, self.critic = action, quality, critic
         self.size, self.ref_size = size, ref_size
         self.weights = weights or M.TotalWeights()
+        self.kind = kind
 
     @classmethod
-    def load(cls, folder: str | Path | None = None) -> "Judge":
-        """Load the shipped parts from `assets/judge` (or `folder`)."""
+    def load(cls, folder: str | Path | None = None, kind: str = "main") -> "Judge":
+        """Load the shipped parts: `assets/judge` (main) or `assets/judge/audit` (audit), or the
+        same under `folder`."""
         from idcrafter.judge.action import ActionRecognizer
+        from idcrafter.judge.critic import RealismCritic
         from idcrafter.judge.detector import SpriteDetector
         from idcrafter.judge.embedders import SpriteFaceEmbedder, SpriteSubjectEmbedder
         from idcrafter.judge.quality import QualityModel
 
-        f = Path(folder) if folder else None
+        f = judge_folder(folder, kind)
+        critic = RealismCritic.load(f) if (f / "critic.safetensors").is_file() else None  # TODO(C): require
         return cls(SpriteDetector.load(f), SpriteFaceEmbedder.load(f), SpriteSubjectEmbedder.load(f),
-                   ActionRecognizer.load(f), QualityModel.load(f))
+                   ActionRecognizer.load(f), QualityModel.load(f), critic, kind=kind)
+
+    @classmethod
+    def load_audit(cls, folder: str | Path | None = None) -> "Judge":
+        """The audit judge (never a reward): `Judge.load(folder, kind="audit")`."""
+        return cls.load(folder, kind="audit")
 
     # ------------------------------------------------------------------ references
     def encode_references(self, refs: list[np.ndarray]) -> dict:
@@ -92,94 +126,196 @@ class Judge:
             d = max(dets, key=lambda d: d.score)
             heads.append(head_crop(r, d.head))
             bodies.append(body_crop(r, d.box))
-        bodies_a = np.stack(bodies)
-        masks = [subject_mask(r) for r in prepared]
-        subject, attributes = self.subject.embed_with_attributes(bodies_a)
+        subject, attributes = self.subject.embed_with_attributes(np.stack(bodies))
         return {"images": prepared, "face": self.face.embed_crops(np.stack(heads)), "subject": subject,
-                "attributes": attributes, "masks": masks}
+                "attributes": attributes, "masks": [subject_mask(r) for r in prepared]}
 
     # ------------------------------------------------------------------ clip
-    def _track_embeddings(self, frames: np.ndarray, tracks) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """Per-track mean face / subject embeddings (re-normalised) and per-frame face embeddings."""
-        heads, bodies, owner = [], [], []
+    def _track_embeddings(self, frames: np.ndarray, tracks) -> dict:
+        """Per-track mean face / subject embeddings (re-normalised), per-frame face embeddings,
+        summed attribute log-probs, mean detector scores and mean P(person) of its crops."""
+        heads, bodies, owner, scores = [], [], [], []
         for j, tr in enumerate(tracks):
             for f, d in enumerate(tr.frames):
                 if d is not None:
                     heads.append(head_crop(frames[f], d.head))
                     bodies.append(body_crop(frames[f], d.box))
                     owner.append(j)
+                    scores.append(d.score)
+        n = len(tracks)
         if not owner:
-            return np.zeros((0, self.face.dim)), np.zeros((0, self.subject.dim)), []
+            return {"face": np.zeros((0, self.face.dim)), "subject": np.zeros((0, self.subject.dim)),
+                    "per_frame": [], "attributes": [], "scores": [], "person": []}
         fe = self.face.embed_crops(np.stack(heads))
-        se = self.subject.embed_crops(np.stack(bodies))
-        owner_a = np.array(owner)
+        se, lps = self.subject.embed_with_attributes(np.stack(bodies))
+        owner_a, scores_a = np.array(owner), np.array(scores)
+        person = self.critic.subject_realism(np.stack(bodies)) if self.critic is not None else np.ones(len(owner))
 
         def mean_norm(e, j):
             m = e[owner_a == j].mean(0)
             return m / max(np.linalg.norm(m), 1e-8)
 
-        n = len(tracks)
-        return (np.stack([mean_norm(fe, j) for j in range(n)]), np.stack([mean_norm(se, j) for j in range(n)]),
-                [fe[owner_a == j] for j in range(n)])
+        attrs = [{a: sum(lps[i][a] for i in np.flatnonzero(owner_a == j)) for a in lps[0]} for j in range(n)]
+        return {"face": np.stack([mean_norm(fe, j) for j in range(n)]),
+                "subject": np.stack([mean_norm(se, j) for j in range(n)]),
+                "per_frame": [fe[owner_a == j] for j in range(n)], "attributes": attrs,
+                "scores": [float(scores_a[owner_a == j].mean()) for j in range(n)],
+                "person": [float(person[owner_a == j].mean()) for j in range(n)]}
 
-    def score(self, frames: np.ndarray, refs: list[np.ndarray], prompt: str | None = None) -> JudgeReport:
+    def score(self, frames: np.ndarray, refs: Sequence[np.ndarray], prompt: str | None = None,
+              ref_attributes: Sequence[dict[str, int] | None] | None = None) -> JudgeReport:
         """Measure one clip (T, H, W, 3) uint8 against its references (and prompt).
 
+        ref_attributes (audit judge): per reference, its true attributes ({name: value}, e.g.
+        `Identity.attributes()`) when known; otherwise they are read from the reference image.
         Runs single-threaded: the judge's networks are tiny, and on a busy 2-core machine
         multi-threaded kernels this small were measured 70x slower (thread contention).
         """
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return self._score(frames, refs, prompt)
+            return self._score(frames, list(refs), prompt, ref_attributes)
         finally:
             torch.set_num_threads(threads)
 
-    def _score(self, frames: np.ndarray, refs: list[np.ndarray], prompt: str | None) -> JudgeReport:
-        from idcrafter.world.captions import match_mentions, parse_caption
+    def _score(self, frames: np.ndarray, refs: list[np.ndarray], prompt: str | None,
+               ref_attributes) -> JudgeReport:
+        from idcrafter.world.captions import parse_caption
 
         frames = check_video(np.asarray(frames), self.size)
         mentions = parse_caption(prompt) if prompt else None
         if mentions is not None and len(mentions) != len(refs):
             raise InputError(f"the prompt names {len(mentions)} subject(s) but {len(refs)} reference(s) "
                              f"were given: pass one --ref per subject named in the prompt")
+        if ref_attributes is not None and len(ref_attributes) != len(refs):
+            raise InputError(f"{len(ref_attributes)} attribute sets for {len(refs)} references: give one per "
+                             f"reference (None where unknown)")
         ref = self.encode_references(refs)
         k = len(refs)
-        dets, tracks = detect_tracks(self.detector, frames)
-        face_t, subj_t, per_frame = self._track_embeddings(frames, tracks)
-        face_sim = ref["face"] @ face_t.T  # (K, N)
-        subj_sim = ref["subject"] @ subj_t.T
+        dets, tracks, fragments = detect_tracks(self.detector, frames, with_fragments=True)
+        emb = self._track_embeddings(frames, tracks)
+        face_sim, subj_sim = ref["face"] @ emb["face"].T, ref["subject"] @ emb["subject"].T  # (K, N)
         sim = 0.5 * (face_sim + subj_sim)
         match = M.hungarian(sim)
-        face_k = M.matched_scores(face_sim, match)
-        subj_k = M.matched_scores(subj_sim, match)
+        face_k, subj_k = M.matched_scores(face_sim, match), M.matched_scores(subj_sim, match)
         ref_ref = 0.5 * (ref["face"] @ ref["face"].T + ref["subject"] @ ref["subject"].T)
         leak_k = M.leakage(sim, ref_ref, match)
-        boxes = [tr.boxes() for tr in tracks]
-        plaus = M.Plausibility(
-            count_stable=M.count_stability([len(d) for d in dets], k),
-            no_duplicates=M.duplicate_free(sim, match), no_teleport=M.teleport_free(boxes),
-            no_morphing=M.morph_free(per_frame))
-        actions = self.action.predict(frames, boxes) if tracks else []
-        action_acc, wanted = None, [None] * k
-        if mentions is not None:
-            order = match_mentions(mentions, ref["attributes"])
-            for m, r in zip(mentions, order):
-                wanted[r] = m.action
-            action_acc = float(np.mean([match[r] >= 0 and actions[match[r]] == wanted[r] for r in range(k)]))
-        motion_px = M.motion_amplitude(frames)
-        cp = [M.copy_paste_score(frames, img, mk) for img, mk in zip(ref["images"], ref["masks"])]
+        over_time = self._over_time(frames, dets, tracks)
+        subjects = self._subjects(frames, ref, tracks, match, over_time)
+        for r in range(k):
+            subjects[r]["identity"] = C.identity_credit(float(face_k[r]), float(subj_k[r]))
+        bind = self._binding(frames, ref, tracks, match, mentions, subjects, over_time)
+        plaus = C.Plausibility(
+            count=C.count_check(len(tracks), k), present=C.present_check(emb["scores"], match, k),
+            no_duplicates=C.duplicate_check(sim, match),
+            coherent=C.coherence_check(over_time["coherence"], over_time["teleport_ok"], fragments, k),
+            no_morphing=C.morph_check(emb["per_frame"]), steady_light=C.light_check(over_time["flicker"]),
+            alive=float(np.mean([s["alive"] for s in subjects])), lifelike=C.lifelike_check(emb["person"], match))
+        sharp = float(self.quality.score(frames))
+        real = min(1.0, self.critic.realism(frames) / self.critic.full) if self.critic is not None else 1.0
+        cp = [s["copy_paste"] for s in subjects]
         metrics: dict[str, float | None] = {
             "face_sim_mean": float(face_k.mean()), "face_sim_min": float(face_k.min()),
             "subject_sim": float(subj_k.mean()), "leakage": float(leak_k.mean()),
-            "motion": M.motion_score(motion_px, frames.shape[1]), "action_acc": action_acc,
-            "quality": float(self.quality.score(frames)), "natural": plaus.natural,
-            "copy_paste": float(max(cp)),
+            "motion": float(np.mean([s["motion"] for s in subjects])),
+            "action_acc": bind["action_acc"], "binding": bind["binding"],
+            "quality": sharp * real, "natural": plaus.natural,
+            "copy_paste": float(np.mean(cp)), "copy_paste_max": float(max(cp)),
         }
+        if self.kind == "audit":
+            metrics.update(self._attributes(ref, emb, match, ref_attributes, subjects))
         metrics["total"] = self.weights.total(metrics)
         per_subject = [{"reference": r, "track": match[r], "face_sim": float(face_k[r]),
-                        "subject_sim": float(subj_k[r]), "leakage": float(leak_k[r]),
-                        "action": actions[match[r]] if match[r] >= 0 else None, "wanted_action": wanted[r],
-                        "copy_paste": float(cp[r])} for r in range(k)]
-        return JudgeReport(metrics, per_subject, {**plaus.as_dict(), "motion_px_per_frame": motion_px,
-                                                  "num_tracks": len(tracks)})
+                        "subject_sim": float(subj_k[r]), "leakage": float(leak_k[r]), **subjects[r],
+                        "person": emb["person"][match[r]] if match[r] >= 0 else 0.0,
+                        **bind["per_subject"][r]} for r in range(k)]
+        details = {**plaus.as_dict(), "track_coherence": over_time["coherence"], "sharpness": sharp, "realism": real, "num_tracks": len(tracks),
+                   "fragments": fragments, "flicker": over_time["flicker"],
+                   "camera_shift_px": over_time["camera_shift_px"]}
+        return JudgeReport(metrics, per_subject, details)
+
+    def _over_time(self, frames: np.ndarray, dets, tracks) -> dict:
+        """Camera / light compensation and per-track activity, path coherence and teleports."""
+        comp = TM.compensate(frames, [[d.box for d in f] for f in dets])
+        activity, coherence, feet = [], [], []
+        for tr in tracks:
+            b = tr.boxes()
+            activity.append(TM.step_activity(comp, b))
+            anchors = np.array([_anchor(d) if d is not None else [np.nan, np.nan] for d in tr.frames])
+            coherence.append(TM.path_coherence(TM.stabilise(anchors, comp["warps"]), b[:, 3] - b[:, 1]))
+            feet.append(TM.stabilise(np.stack([(b[:, 0] + b[:, 2]) / 2, b[:, 3]], 1), comp["warps"]))
+        shift = float(np.abs(comp["warps"][:, :, 2]).max()) if len(comp["warps"]) else 0.0
+        return {"activity": activity, "coherence": coherence, "feet": feet, "flicker": TM.flicker(comp["gains"]),
+                "teleport_ok": C.teleport_free([tr.boxes() for tr in tracks]), "camera_shift_px": shift}
+
+    def _subjects(self, frames: np.ndarray, ref: dict, tracks, match: list[int], over_time: dict) -> list[dict]:
+        """Per reference: alive, own motion, likeness to its reference's pixels, copy-paste."""
+        out = []
+        for r, j in enumerate(match):
+            if j < 0:
+                out.append({"alive": 0.0, "motion": 0.0, "ref_ncc": 0.0, "copy_paste": 0.0})
+                continue
+            act = over_time["activity"][j]
+            ncc = C.reference_likeness_ncc(frames, ref["images"][r], ref["masks"][r], tracks[j].boxes())
+            a = C.alive(act)
+            out.append({"alive": a, "motion": C.own_motion(act), "ref_ncc": ncc,
+                        "copy_paste": C.copy_paste(a, C.likeness(ncc))})
+        return out
+
+    def _binding(self, frames: np.ndarray, ref: dict, tracks, match: list[int], mentions,
+                 subjects: list[dict], over_time: dict) -> dict:
+        """Per reference: the action asked, the action seen, P(asked), its geometry, binding."""
+        from idcrafter.world.captions import match_mentions
+
+        k = len(match)
+        boxes = [tr.boxes() for tr in tracks]
+        probs = self.action.probabilities(frames, boxes)  # (N, A)
+        seen = [ACTIONS[int(probs[j].argmax())] if j >= 0 else None for j in match]
+        if mentions is None:
+            return {"action_acc": None, "binding": None,
+                    "per_subject": [{"action": seen[r], "wanted_action": None} for r in range(k)]}
+        order = match_mentions(mentions, ref["attributes"])  # mention i -> reference order[i]
+        wanted: list[str | None] = [None] * k
+        partner: list[int] = [-1] * k  # for pair actions, the reference it is done with
+        i = 0
+        while i < len(mentions):  # a pair clause ("A and B swap places") gives two consecutive mentions
+            wanted[order[i]] = mentions[i].action
+            if mentions[i].action in PAIR_ACTIONS and i + 1 < len(mentions) and \
+                    mentions[i + 1].action == mentions[i].action:
+                wanted[order[i + 1]] = mentions[i].action
+                partner[order[i]], partner[order[i + 1]] = order[i + 1], order[i]
+                i += 2
+            else:
+                i += 1
+        width = frames.shape[2]
+        per, bind = [], []
+        for r, j in enumerate(match):
+            if j < 0:
+                per.append({"action": None, "wanted_action": wanted[r], "p_wanted": 0.0, "geometry": 0.0,
+                            "binding": 0.0})
+                bind.append(0.0)
+                continue
+            p = float(probs[j, ACTIONS.index(wanted[r])])
+            pair = wanted[r] in PAIR_ACTIONS
+            if pair:
+                mate = match[partner[r]] if partner[r] >= 0 else -1
+                geo = C.pair_geometry(wanted[r], over_time["feet"][j], over_time["feet"][mate], width) \
+                    if mate >= 0 else 0.0
+            else:
+                geo = C.solo_geometry(wanted[r], over_time["feet"][j], boxes[j][:, 3] - boxes[j][:, 1], width)
+            b = C.binding(p, geo, subjects[r]["alive"], over_time["coherence"][j], pair, subjects[r]["identity"])
+            per.append({"action": seen[r], "wanted_action": wanted[r], "p_wanted": p, "geometry": geo, "binding": b})
+            bind.append(b)
+        hits = [seen[r] is not None and seen[r] == wanted[r] for r in range(k)]
+        return {"action_acc": float(np.mean(hits)), "binding": C.half_min(bind), "per_subject": per}
+
+    def _attributes(self, ref: dict, emb: dict, match: list[int], ref_attributes, subjects: list[dict]) -> dict:
+        """Audit: each matched subject's nine attributes read from its track vs the reference's."""
+        from idcrafter.judge.attributes import attribute_accuracy
+
+        accs = []
+        for r, j in enumerate(match):
+            known = ref_attributes[r] if ref_attributes is not None else None
+            accs.append(attribute_accuracy(emb["attributes"][j], ref["attributes"][r], known) if j >= 0 else 0.0)
+            subjects[r]["attr_acc"] = accs[-1]
+        return {"attr_acc_mean": float(np.mean(accs)), "attr_acc_min": float(np.min(accs))}

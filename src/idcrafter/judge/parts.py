@@ -31,17 +31,16 @@ def judge_dir() -> Path:
 
 
 def save_part(model: nn.Module, name: str, config: dict, card: str, folder: Path | None = None) -> Path:
-    """Atomically write `<folder>/<name>.safetensors` (+ `.md` card)."""
-    from safetensors.torch import save_file
+    """Atomically write `<folder>/<name>.safetensors` (config in its metadata) and `<name>.md`."""
+    from safetensors.torch import save
 
-    folder = Path(folder or judge_dir())
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.safetensors"
-    tmp = path.with_suffix(".safetensors.tmp")
+    from idcrafter.utils.io import atomic_write_bytes, atomic_write_text, ensure_dir
+
+    folder = ensure_dir(Path(folder or judge_dir()))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"config": json.dumps(config), "part": name})
-    os.replace(tmp, path)
-    (folder / f"{name}.md").write_text(card)
+    path = atomic_write_bytes(folder / f"{name}.safetensors",
+                              save(state, metadata={"config": json.dumps(config), "part": name}))
+    atomic_write_text(folder / f"{name}.md", card)
     return path
 
 

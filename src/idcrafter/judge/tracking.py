@@ -300,13 +300,21 @@ def evaluate_tracking(detector, num_clips: int = 200, seed: int = 1234, frames: 
 MIN_TRACK_PRESENCE = 0.3  # a track must be seen in 30% of frames to count as a subject
 
 
-def detect_tracks(detector, frames: np.ndarray, min_presence: float = MIN_TRACK_PRESENCE):
+def detect_tracks(detector, frames: np.ndarray, min_presence: float = MIN_TRACK_PRESENCE,
+                  with_fragments: bool = False):
     """Detections per frame and the tracks the judge keeps (seen in >= min_presence of frames).
 
     The one place that turns a clip into subject tracks: the judge and the action recogniser's
-    training both call it, so the recogniser learns on the tracks it will be given.
+    training both call it, so the recogniser learns on the tracks it will be given. With
+    `with_fragments`, also the number of dropped fragments seen in >= 2 frames (a subject that
+    teleports leaves its track behind and starts new ones).
     """
     dets = detector.detect_video(frames)
     t = len(frames)
-    tracks = [tr for tr in link_tracks(dets) if tr.present().sum() >= max(1, min_presence * t)]
-    return dets, tracks
+    need = max(1, min_presence * t)
+    raw = link_tracks(dets)
+    tracks = [tr for tr in raw if tr.present().sum() >= need]
+    if not with_fragments:
+        return dets, tracks
+    fragments = sum(1 for tr in raw if 2 <= tr.present().sum() < need)
+    return dets, tracks, fragments

@@ -113,8 +113,7 @@ def validate_judge(judge, num_clips: int = 120, seed: int = 1234, progress: bool
         "num_clips": num_clips, "seed": seed,
     }
     if parts:  # each part's own figures; on a name clash the end-to-end figure above wins
-        from idcrafter.judge.detector import evaluate_detector
-        from idcrafter.judge.embedders import evaluate_embedders
+        from idcrafter.judge.evaluation import evaluate_detector, evaluate_embedders
 
         det = evaluate_detector(judge.detector, seed=seed)
         emb = evaluate_embedders(judge.face, judge.subject, seed=seed)

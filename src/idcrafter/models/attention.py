@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from idcrafter.utils.hooks import weights_on_device
+
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """(B, L, H*D) -> (B, H, L, D)."""
@@ -105,8 +107,16 @@ class SubjectBranch(nn.Module):
             self.to_k = nn.Linear(dim, dim)
             self.to_v = nn.Linear(dim, dim)
             self.norm_k = nn.RMSNorm(dim, eps=eps)
+        self.gate_init = float(gate_init)
         self.sink_k = nn.Parameter(torch.zeros(1, heads, 1, dim // heads))
-        self.gate = nn.Parameter(torch.full((dim,), float(gate_init)))
+        self.gate = nn.Parameter(torch.full((dim,), self.gate_init))
+
+    def reset_parameters(self) -> None:
+        """The initial sink key (zeros) and gate (`gate_init`): what `from_wan` calls after
+        building on the meta device (the branch's own projections reset themselves)."""
+        with torch.no_grad():
+            self.sink_k.zero_()
+            self.gate.fill_(self.gate_init)
 
     def project(self, context: torch.Tensor, mask: torch.Tensor | None, attn: nn.Module | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -121,7 +131,12 @@ class SubjectBranch(nn.Module):
     def with_sink(self, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
         """Prepend the sink key (zero value) to keys/values (B, H, L, D) and the key mask (B, L)."""
         b = k.shape[0]
-        k = torch.cat([self.sink_k.expand(b, -1, -1, -1).to(k.dtype), k], 2)
+        with weights_on_device(self):  # called outside forward: load sink_k under sequential offload
+            # the flat round trip gives sink_k's gradient standard strides: without it, a batch of one
+            # row hands back a slice of SDPA's head-major key gradient, strides (., D, H*D, 1) where DDP's
+            # bucket has (H*D, D, D, 1), and DDP warns ("Grad strides do not match bucket view strides")
+            sink = self.sink_k.flatten().view(self.sink_k.shape)
+            k = torch.cat([sink.to(k.device, k.dtype).expand(b, -1, -1, -1), k], 2)
         v = torch.cat([v.new_zeros(b, self.heads, 1, v.shape[-1]), v], 2)
         return k, v, None if mask is None else torch.cat([mask.new_ones(b, 1), mask], 1)
 

@@ -26,6 +26,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                     out_channels=27, text_dim=64, freq_dim=64, ffn_dim=512, num_layers=6, rope_max_seq_len=64,
                     num_intra_layers=1, num_inter_layers=1, max_subjects=4, max_ref_tokens=64,
                     subject_gate_init=1.0),  # trained from scratch: no Wan to stay equal to
+    # the embedded default in latent space: the `sprites` DiT (dim 128 x 6 layers) over the
+    # SpriteWorld Wan VAE's latents (16 x 2 x 12 x 12 for 5 x 48 x 48 clips: 4x time, 4x space),
+    # patch (1, 2, 2): 6 x 6 tokens per latent frame (8 x 8 px x 4 frames each), 5 x 5 per 40 px
+    # reference. Same width and depth as `sprites`, so the two codecs compare at equal DiT cost.
+    "sprites-latent": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=16,
+                           out_channels=16, text_dim=64, freq_dim=64, ffn_dim=512, num_layers=6,
+                           rope_max_seq_len=64, num_intra_layers=1, num_inter_layers=1, max_subjects=4,
+                           max_ref_tokens=64, subject_gate_init=1.0),
     # the speed benchmark size of `idcrafter bench model`: dim 256, 6 layers, ffn 1024
     "bench": dict(_WAN_COMMON, num_attention_heads=2, ffn_dim=1024, num_layers=6, rope_max_seq_len=64,
                   num_intra_layers=1, num_inter_layers=1, max_subjects=4, max_ref_tokens=256),

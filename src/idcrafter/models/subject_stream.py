@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from idcrafter.errors import InputError
 from idcrafter.models.attention import SubjectLayer
 
 
@@ -28,14 +29,22 @@ class SubjectEmbedding(nn.Module):
 
     def __init__(self, dim: int, max_subjects: int, max_ref_tokens: int):
         super().__init__()
-        self.pos = nn.Parameter(torch.randn(1, 1, max_ref_tokens, dim) * 0.02)
-        self.slot = nn.Parameter(torch.randn(1, max_subjects, 1, dim) * 0.02)
+        self.pos = nn.Parameter(torch.empty(1, 1, max_ref_tokens, dim))
+        self.slot = nn.Parameter(torch.empty(1, max_subjects, 1, dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """N(0, 0.02) (bitwise what `torch.randn(...) * 0.02` gave); also called by `from_wan`,
+        which builds the model on the meta device and initialises only the new modules."""
+        nn.init.normal_(self.pos, 0.0, 0.02)
+        nn.init.normal_(self.slot, 0.0, 0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         # tokens (B, K, L, C)
         k, l = tokens.shape[1], tokens.shape[2]
         if k > self.slot.shape[1] or l > self.pos.shape[2]:
-            raise ValueError(f"{k} subjects x {l} tokens exceed the model's {self.slot.shape[1]} x {self.pos.shape[2]}")
+            raise InputError(f"{k} subjects x {l} tokens per reference exceed the model's {self.slot.shape[1]} x "
+                             f"{self.pos.shape[2]}: use smaller references (the pipeline's reference_size)")
         return tokens + self.pos[:, :, :l] + self.slot[:, :k]
 
 

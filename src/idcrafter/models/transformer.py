@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,9 +47,10 @@ from diffusers.models.transformers.transformer_wan import (
 )
 from torch import nn
 
-from idcrafter.errors import InputError, MissingWeightsError
+from idcrafter.errors import InputError
 from idcrafter.models.attention import SubjectBranch, masked_attention, merge_heads, split_heads
 from idcrafter.models.subject_stream import SubjectEmbedding, build_subject_stream
+from idcrafter.utils.hooks import weights_on_device
 
 TEXT_MODES = ("t5", "vlm", "t5+vlm")
 NEW_MODULE_PREFIXES = ("subject_embed.", "subject_stream.", "vlm_proj.", "vlm_to_text.", "subject_in.")
@@ -102,6 +102,21 @@ class ConditionCache:
     dtype: torch.dtype
 
 
+@dataclass
+class DeferredKV:
+    """A block's static context, to be projected to keys/values inside that block's own forward.
+
+    The uncached (training) forward passes these instead of precomputed keys/values: under FSDP2
+    each `IDCrafterBlock` is its own unit whose weights are gathered only while its forward runs,
+    so the projections must happen there (the values are bitwise the same either way). With
+    gradient checkpointing they are recomputed in the backward instead of stored per block.
+    """
+
+    context: torch.Tensor  # (B, L, C)
+    mask_or_bias: torch.Tensor | None  # text: additive key bias; subjects: key mask (R, L)
+    rows: torch.Tensor | None = None  # subjects: the rows that have subjects (None = all)
+
+
 def apply_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
     """Wan's rotary embedding (diffusers' `WanAttnProcessor`, same maths): x (B, L, H, D)."""
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
@@ -128,7 +143,9 @@ class IDCrafterBlock(WanTransformerBlock):
         """Carry subject tokens s (R, Ls, C) through this block at timestep 0 ("layered"): they
         attend to each other (valid keys: mask (R, Ls)) and to the text, never to the video.
         Returns the next block's states and this block's cached branch keys/values."""
-        shift, scale, gate, c_shift, c_scale, c_gate = (self.scale_shift_table + temb0.float()).chunk(6, dim=1)
+        with weights_on_device(self):  # not forward: load the table under sequential offload
+            table = self.scale_shift_table.to(temb0.device) + temb0.float()
+        shift, scale, gate, c_shift, c_scale, c_gate = table.chunk(6, dim=1)
         a = self.attn1
         norm = (self.norm1(s.float()) * (1 + scale) + shift).type_as(s)
         q = split_heads(a.norm_q(a.to_q(norm)), a.heads)
@@ -176,6 +193,10 @@ class IDCrafterBlock(WanTransformerBlock):
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor, rotary_emb, text_kv: TextKV,
                 subject_kv=None) -> torch.Tensor:
         # hidden_states (B, L, C); temb (B, 6, C) or (B, L, 6, C)
+        if isinstance(text_kv, DeferredKV):  # project the static context here (see DeferredKV)
+            text_kv = self.text_kv(text_kv.context, text_kv.mask_or_bias)
+        if isinstance(subject_kv, DeferredKV):
+            subject_kv = (*self.subject_kv(subject_kv.context, subject_kv.mask_or_bias), subject_kv.rows)
         table = self.scale_shift_table if temb.ndim == 3 else self.scale_shift_table.unsqueeze(0)
         mods = (table + temb.float()).chunk(6, dim=temb.ndim - 2)
         if temb.ndim == 4:
@@ -309,14 +330,23 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         grounded_hidden_states: torch.Tensor | None = None,
         grounded_mask: torch.Tensor | None = None,
     ) -> ConditionCache:
-        """Compute the static per-sample conditions once (see `ConditionCache`)."""
+        """Compute the static per-sample conditions once (see `ConditionCache`). Not a `forward`,
+        so it enters the model's offload hook itself (model offload moves the model to its device)."""
+        with weights_on_device(self):
+            return self._build_condition_cache(encoder_hidden_states, subject_latents, subject_mask,
+                                               encoder_attention_mask, grounded_hidden_states, grounded_mask)
+
+    def _build_condition_cache(self, encoder_hidden_states, subject_latents, subject_mask, encoder_attention_mask,
+                               grounded_hidden_states, grounded_mask, defer: bool = False) -> ConditionCache:
         # the prompt with its padding collapsed: (B, Lt', C) and Wan's multiplicity bias
         vlm_text = self.config.text_mode == "vlm"
         source = grounded_hidden_states if vlm_text else encoder_hidden_states
         kept, bias = (None, None) if source is None else collapse_padding(source)
         source = None if source is None else source[:, :kept]
         context = self.text_context(None if vlm_text else source, source if vlm_text else None)
-        text_kv = [blk.text_kv(context, bias) for blk in self.blocks]
+        defer = defer and self.config.subject_attention != "layered"  # layered needs every block's text K/V first
+        text_kv = [DeferredKV(context, bias)] * len(self.blocks) if defer else \
+            [blk.text_kv(context, bias) for blk in self.blocks]
         subject_kv = None
         if subject_latents is not None:
             if subject_mask is None:
@@ -337,6 +367,8 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 mask = None if ctx_mask.all() else ctx_mask
                 if self.config.subject_attention == "layered":
                     subject_kv = self._layered_subject_kv(ctx, mask, rows, text_kv)
+                elif defer:
+                    subject_kv = [DeferredKV(ctx, mask, rows)] * len(self.blocks)
                 else:
                     subject_kv = [(*blk.subject_kv(ctx, mask), rows) for blk in self.blocks]
         return ConditionCache(text_kv, subject_kv, context.shape[0], context.dtype)
@@ -392,9 +424,9 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         subject inputs, or a prebuilt `condition_cache` in place of all conditions."""
         if encoder_hidden_states_image is not None:
             raise InputError("encoder_hidden_states_image (Wan I2V) is not supported; pass references as subject_latents")
-        cache = condition_cache or self.build_condition_cache(
+        cache = condition_cache or self._build_condition_cache(  # already inside forward's hook
             encoder_hidden_states, subject_latents, subject_mask, encoder_attention_mask,
-            grounded_hidden_states, grounded_mask)
+            grounded_hidden_states, grounded_mask, defer=True)
         b, _, f, h, w = hidden_states.shape
         if cache.batch_size != b:
             raise InputError(f"condition cache was built for batch {cache.batch_size}, got latents of batch {b}")
@@ -433,48 +465,19 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_wan(cls, wan: Any, **subject_config: Any) -> "IDCrafterTransformer3DModel":
-        """Build from a diffusers `WanTransformer3DModel` (instance or local folder): every base
-        weight is loaded strictly; new modules are added with zero output gates, so the result
-        equals Wan (with `subject_attention="cross"` the branch's keys/values start as copies of
-        the text cross-attention's)."""
-        from diffusers import WanTransformer3DModel
+    def from_wan(cls, wan: Any, frozen_dtype: torch.dtype | None = None,
+                 **subject_config: Any) -> "IDCrafterTransformer3DModel":
+        """Build from a diffusers `WanTransformer3DModel` (instance, or a local transformer or Wan
+        pipeline folder, sharded or not): every base weight is loaded strictly; new modules are
+        added with zero output gates, so the result equals Wan (with `subject_attention="cross"`
+        the branch's keys/values start as copies of the text cross-attention's).
 
-        if not isinstance(wan, WanTransformer3DModel):
-            path = Path(wan)
-            if not (path / "config.json").is_file() and not (path / "transformer" / "config.json").is_file():
-                raise MissingWeightsError(
-                    f"no Wan transformer at {path}: put a diffusers-format WanTransformer3DModel there "
-                    f"(config.json + safetensors), e.g. the transformer/ folder of Wan2.1-T2V-1.3B-Diffusers")
-            sub = "transformer" if (path / "transformer" / "config.json").is_file() else None
-            wan = WanTransformer3DModel.from_pretrained(path, subfolder=sub, local_files_only=True)
-        cfg = dict(wan.config)
-        if cfg.get("image_dim") or cfg.get("added_kv_proj_dim"):
-            raise InputError("Wan image-to-video checkpoints are not supported: use a text-to-video Wan2.1")
-        base = {k: cfg[k] for k in ("patch_size", "num_attention_heads", "attention_head_dim", "in_channels",
-                                    "out_channels", "text_dim", "freq_dim", "ffn_dim", "num_layers",
-                                    "cross_attn_norm", "qk_norm", "eps", "rope_max_seq_len")}
-        base["patch_size"] = tuple(base["patch_size"])
-        model = cls(**base, **subject_config)
-        dtype = next(wan.parameters()).dtype
-        if dtype != torch.float32:  # keep Wan's fp32 modules (norms, time embedder) in fp32
-            model = model.to(dtype)
-            for name in cls._keep_in_fp32_modules:
-                for mod_name, mod in model.named_modules():
-                    if mod_name.split(".")[-1] == name:
-                        mod.float()
-            for p in (model.scale_shift_table, *(b.scale_shift_table for b in model.blocks)):
-                p.data = p.data.float()
-        missing, unexpected = model.load_state_dict(wan.state_dict(), strict=False)
-        bad = [k for k in missing if not (k.startswith(NEW_MODULE_PREFIXES) or ".subject_branch." in k)]
-        if unexpected or bad:
-            raise RuntimeError(f"Wan weights did not map onto the model: unexpected={unexpected[:5]} missing={bad[:5]}")
-        with torch.no_grad():
-            for blk in model.blocks if model.config.subject_attention == "cross" else ():
-                blk.subject_branch.to_k.load_state_dict(blk.attn2.to_k.state_dict())
-                blk.subject_branch.to_v.load_state_dict(blk.attn2.to_v.state_dict())
-                blk.subject_branch.norm_k.load_state_dict(blk.attn2.norm_k.state_dict())
-        return model
+        `frozen_dtype`: dtype of the Wan weights (and the new modules) in the result, modules
+        in `_keep_in_fp32_modules` excepted; default: the dtype Wan's weights are stored in.
+        Built on the meta device and loaded straight into that dtype (`idcrafter.models.wan`)."""
+        from idcrafter.models.wan import from_wan
+
+        return from_wan(cls, wan, frozen_dtype, **subject_config)
 
     def new_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters that are not Wan's (what `from_wan` adds)."""

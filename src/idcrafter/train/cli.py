@@ -19,6 +19,7 @@ from typing import List, Optional
 
 import typer
 
+from idcrafter.devices import DeviceOption, DtypeOption
 from idcrafter.errors import run_cli
 
 train_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
@@ -53,6 +54,7 @@ def sft(
     recipe: str = typer.Option("sprites", help="recipe name: debug, sprites, wan2.1-1.3b, wan2.1-14b"),
     run_dir: Optional[Path] = typer.Option(None, help="run folder (default runs/<recipe>)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint of --run-dir"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="delete the run in --run-dir and start a new one there"),
     print_config: bool = typer.Option(False, "--print-config", help="print the resolved config and exit"),
 ) -> None:
     """Rectified-flow SFT with a recipe; metrics in <run-dir>/metrics.jsonl and tensorboard/."""
@@ -66,7 +68,7 @@ def sft(
         typer.echo(json.dumps(config_to_dict(cfg), indent=2))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    last = run_sft(cfg, run_dir, resume=resume)
+    last = run_sft(cfg, run_dir, resume=resume, overwrite=overwrite)
     typer.echo(json.dumps({k: v for k, v in last.items() if isinstance(v, (int, float))}))
     typer.echo(f"run folder: {run_dir}")
 
@@ -79,14 +81,61 @@ def export(
     steps: int = typer.Option(20, help="sampling steps of the held-out evaluation"),
     cfg: float = typer.Option(2.5, help="guidance scale of the held-out evaluation"),
     checkpoint: Optional[int] = typer.Option(None, help="step to export (default: the newest)"),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="evaluate on the run's held-out data (SpriteWorld "
+                                                                 "judge, or real-face metrics on eval.path)"),
+    device: DeviceOption = None, dtype: DtypeOption = None,
 ) -> None:
     """Ship a run: copy its checkpoint's pipeline to OUT, evaluate it held-out, write the card."""
     from idcrafter.train.export import export_run
 
-    res = export_run(run_dir, out, n=n, steps=steps, guidance=cfg, checkpoint=checkpoint)
+    res = export_run(run_dir, out, n=n, steps=steps, guidance=cfg, checkpoint=checkpoint, device=device,
+                     dtype=dtype, evaluate=evaluate)
     typer.echo(json.dumps({"step": res["step"], "generated": res["generated"], "ground_truth": res["ground_truth"]},
                           indent=2))
     typer.echo(f"wrote {out} (card: {out}/README.md)")
+
+
+@train_app.command("vae")
+def vae(
+    overrides: Optional[List[str]] = typer.Argument(None, help="config overrides, key=value (e.g. train.steps=2000)"),
+    run_dir: Path = typer.Option(Path("runs/sprites-vae"), help="run folder"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint of --run-dir"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Train the SpriteWorld Wan VAE (AutoencoderKLWan); see idcrafter.train.vae."""
+    from idcrafter.config import apply_overrides, load_config
+    from idcrafter.train.vae import VAEConfig, VAETrainer
+
+    saved = run_dir / "config.json"
+    base = load_config(VAEConfig, saved) if resume and saved.is_file() else VAEConfig()
+    cfg = apply_overrides(base, list(overrides or []))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    last = VAETrainer(cfg, run_dir, resume=resume).train(progress=progress)
+    typer.echo(json.dumps(last))
+
+
+@train_app.command("export-vae")
+def export_vae_cmd(
+    run_dir: Path = typer.Option(Path("runs/sprites-vae"), help="the VAE run folder"),
+    out: Path = typer.Option(Path("assets/checkpoints/sprites-vae"), help="the VAE folder to write"),
+    checkpoint: Optional[int] = typer.Option(None, help="step to export (default: the newest)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier export in OUT"),
+) -> None:
+    """Ship a VAE run: diffusers folder with measured latent statistics and a card."""
+    from idcrafter.train.vae import export_vae
+
+    res = export_vae(run_dir, out, checkpoint=checkpoint, overwrite=overwrite)
+    typer.echo(json.dumps(res, indent=2))
+    typer.echo(f"wrote {out} (card: {out}/README.md)")
+
+
+def _register_rl() -> None:
+    from idcrafter.rl.cli import register
+
+    register(train_app)  # grpo, nft, dpo, reward-model (idcrafter.rl.cli)
+
+
+_register_rl()
 
 
 def main() -> None:

@@ -1,5 +1,9 @@
 """The SFT config: nested dataclasses, each section with a `build()`.
 
+Sections live next to what they build (`ModelConfig` in `idcrafter.builder`, `DataConfig` in
+`train.data`, `OptimConfig` in `train.optim`) and are imported here, so builders never import
+this module back.
+
 `Config` is what a recipe (`idcrafter.recipes`) returns, what `key=value` overrides edit
 (`idcrafter.config.apply_overrides`) and what the run folder keeps as `config.json`.
 
@@ -12,13 +16,11 @@ number of processes (up to floating-point reduction order).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
+from idcrafter.builder import ModelConfig  # noqa: F401 - the model section lives next to its builder
 from idcrafter.errors import InputError
-
-if TYPE_CHECKING:
-    from idcrafter.pipeline import IDCrafterPipeline
-    from idcrafter.train.data import ExampleSource
+from idcrafter.train.data import DataConfig  # noqa: F401 - lives next to its builder
+from idcrafter.train.optim import OptimConfig  # noqa: F401 - lives next to its builder
 
 MODES = ("full", "adapters", "lora")
 PRECISIONS = ("no", "bf16", "fp16")
@@ -27,72 +29,6 @@ WAN_LORA_TARGETS: tuple[str, ...] = (
     "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
     "ffn.net.0.proj", "ffn.net.2",
 )
-
-
-@dataclass
-class ModelConfig:
-    """What to build: a transformer preset, a codec, the text encoder (and optionally a VLM).
-
-    Random-initialised models (`wan_path` and `init_pipeline` unset) are what SpriteWorld trains;
-    `wan_path` builds the transformer from a local diffusers Wan2.1 folder (`from_wan`: the base is
-    Wan's, the subject modules are new and zero-gated); `init_pipeline` continues from a saved
-    `IDCrafterPipeline` folder (e.g. an earlier SFT export).
-    """
-
-    preset: str = "sprites"
-    preset_overrides: dict[str, Any] = field(default_factory=dict)
-    codec: str = "pixel"  # "pixel": PixelCodec(3, codec_patch); "wan-vae": WanVAECodec from codec_path
-    codec_patch: int = 2
-    codec_path: str | None = None
-    text_encoder: str = "tiny"  # "tiny" (random UMT5, SpriteWorld vocabulary) or a local UMT5/Wan folder
-    text_dim: int = 64  # d_model of the tiny text encoder
-    text_max_length: int = 128
-    vlm_path: str | None = None  # Qwen2.5-VL folder (or "tiny": random, SpriteWorld words), for text_mode "vlm" / "t5+vlm"
-    wan_path: str | None = None
-    init_pipeline: str | None = None
-    frozen_dtype: str = "float32"  # dtype of frozen weights (text encoder, VLM, VAE, frozen base)
-    height: int = 48  # pipeline defaults (sampling size)
-    width: int = 48
-    frames: int = 5
-    reference_size: int = 32
-    shift: float = 3.0  # flow shift of the pipeline's sampling schedule
-    seed: int = 0  # initialisation seed of random weights
-
-    def build(self) -> "IDCrafterPipeline":
-        from idcrafter.train.modes import build_model_pipeline
-
-        return build_model_pipeline(self)
-
-
-@dataclass
-class DataConfig:
-    """Training examples (see `idcrafter.train.data`).
-
-    source: "procedural" renders SpriteWorld example `position` of (split, seed) on the fly (an
-    infinite, deterministic, resumable stream; nothing on disk); "folder" reads a dataset folder
-    written by `idcrafter world make` (shuffled per epoch with `seed`); "manifest" reads a JSONL
-    manifest of real videos ({"video", "references", "caption"} per line).
-    """
-
-    source: str = "procedural"
-    path: str | None = None
-    split: str = "train"
-    seed: int = 0
-    frames: int = 5  # 4k+1 (Wan VAE needs it; the pixel codec accepts any count)
-    height: int = 48
-    width: int = 48
-    ref_size: int = 32
-    num_subjects: int | None = None  # procedural: fixed K, None = uniform 1..4
-    bucket_by_subjects: bool = False  # one K per micro-batch instead of padding (see train.data)
-    limit: int | None = None  # cycle over the first `limit` examples (overfitting, debugging)
-    frame_stride: int = 1  # manifest: take every n-th frame
-    batch_size: int = 16  # per process and micro-step
-    prefetch: int = 2  # batches prepared ahead in a background thread (0: inline)
-
-    def build(self) -> "ExampleSource":
-        from idcrafter.train.data import build_source
-
-        return build_source(self)
 
 
 @dataclass
@@ -124,25 +60,6 @@ class LossConfig:
             raise InputError(f"loss.weighting must be 'none' or 'cosmap', got {self.weighting!r}")
         if self.timestep_shift <= 0 or self.logit_std <= 0:
             raise InputError("loss.timestep_shift and loss.logit_std must be > 0")
-
-
-@dataclass
-class OptimConfig:
-    """AdamW with linear warm-up then cosine (or constant) decay to min_lr_ratio * lr."""
-
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.01
-    eps: float = 1e-8
-    warmup_steps: int = 500
-    schedule: str = "cosine"  # "cosine" | "constant"
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-
-    def build(self, params: list, total_steps: int):
-        from idcrafter.train.optim import build_optimizer
-
-        return build_optimizer(self, params, total_steps)
 
 
 @dataclass
@@ -231,8 +148,11 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
     def validate(self) -> "Config":
+        from idcrafter.validation import validate_train_config
+
         self.loss.validate()
         self.train.validate()
+        validate_train_config(self)  # values that make no sense: optim.lr <= 0 or NaN, checkpoint.every < 0, ...
         if self.data.source not in ("procedural", "folder", "manifest"):
             raise InputError(f"data.source must be procedural, folder or manifest, got {self.data.source!r}")
         if self.data.source != "procedural" and not self.data.path:
@@ -241,4 +161,7 @@ class Config:
             raise InputError(f"the Wan VAE needs 4k+1 frames; data.frames={self.data.frames}")
         if self.data.batch_size < 1 or self.eval.batch_size < 1:
             raise InputError("data.batch_size and eval.batch_size must be >= 1")
+        from idcrafter.build import check_real_path_config
+
+        check_real_path_config(self)  # sides the codec x patch take; a Wan folder that fits the preset
         return self

@@ -16,9 +16,25 @@ no K is starved and resuming by position stays exact. Padding costs only subject
 a few percent for SpriteWorld's 36-token references; bucketing matters for real references of
 ~1000 tokens each.
 
-Manifest (JSONL, one object per line; relative paths are relative to the manifest's folder):
+Manifest (JSONL, one object per line; paths are relative to the manifest's folder):
 
-    {"video": "clips/a.mp4", "references": ["refs/a0.png", "refs/a1.png"], "caption": "..."}
+    {"video": "clips/a.mp4", "references": ["refs/a0.png", "refs/a1.png"], "caption": "...",
+     "boxes": [[x0, y0, x1, y1], ...]}
+
+`boxes` is optional: one box per subject, in pixels of the source video, the subject's extent
+over the clip. It becomes the clip's subject mask (cropped and resized with the frames), which
+the reference gap's subject cells (`ref_gap_subject/*`) and the subject loss weight use; clips
+without boxes have no mask (docs/scale.md, "Manifests").
+
+A `.parquet` path is a curation manifest (`idcrafter.curation.schema`, made by `idcrafter data
+curate`): its kept rows are read, with the same path rules, each clip drawn inside its
+[clip_start, clip_end) window and cropped to its `crop`.
+
+Path safety: a path that leaves the manifest's folder (`../x.mp4`, `a/../../x`) is refused, and
+so is an absolute path unless `data.absolute_paths=true` (real datasets stored elsewhere); the
+check is lexical (`os.path.normpath`), so symlinks placed inside the folder are followed. A
+manifest with such a path, or a line that is not {video: str, references: [1..4 str], caption:
+str}, is refused whole at start-up with the line number (it is a wrong manifest, not a bad clip).
 
 Videos are decoded with PyAV; `frames` frames (4k+1 for the Wan VAE) are taken every
 `frame_stride` frames from a start drawn from the example's own generator, resized to cover
@@ -42,9 +58,38 @@ import numpy as np
 import torch
 
 from idcrafter.errors import InputError
-from idcrafter.train.config import DataConfig
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    """Training examples (this module).
+
+    source: "procedural" renders SpriteWorld example `position` of (split, seed) on the fly (an
+    infinite, deterministic, resumable stream; nothing on disk); "folder" reads a dataset folder
+    written by `idcrafter world make` (shuffled per epoch with `seed`); "manifest" reads a JSONL
+    manifest of real videos ({"video", "references", "caption"} per line).
+    """
+
+    source: str = "procedural"
+    path: str | None = None
+    split: str = "train"
+    seed: int = 0
+    frames: int = 5  # 4k+1 (Wan VAE needs it; the pixel codec accepts any count)
+    height: int = 48
+    width: int = 48
+    ref_size: int = 32
+    num_subjects: int | None = None  # procedural: fixed K, None = uniform 1..4
+    bucket_by_subjects: bool = False  # one K per micro-batch instead of padding (see train.data)
+    limit: int | None = None  # cycle over the first `limit` examples (overfitting, debugging)
+    frame_stride: int = 1  # manifest: take every n-th frame
+    absolute_paths: bool = False  # manifest: allow absolute paths (real datasets stored elsewhere); see train.data
+    batch_size: int = 16  # per process and micro-step
+    prefetch: int = 2  # batches prepared ahead in a background thread (0: inline)
+
+    def build(self) -> "ExampleSource":
+        return build_source(self)
 
 
 @dataclass
@@ -182,7 +227,13 @@ class ManifestSource:
         if not path.is_file():
             raise InputError(f"manifest not found: {path} (a JSONL file with video, references, caption)")
         self.root = path.parent
-        self.items = [self._parse(line, i, path) for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
+        parquet = path.suffix == ".parquet"  # a curation manifest (idcrafter.curation.schema)
+        try:
+            lines = [] if parquet else path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise InputError(f"manifest {path} is not UTF-8 text: write it as UTF-8 JSONL") from exc
+        self.items = self._parquet(path) if parquet else \
+            [self._parse(line, i, path) for i, line in enumerate(lines) if line.strip()]
         if cfg.limit:
             self.items = self.items[: cfg.limit]
         if not self.items:
@@ -192,12 +243,31 @@ class ManifestSource:
                                  lambda: np.array([len(it["references"]) for it in self.items]))
 
     def _parse(self, line: str, i: int, path: Path) -> dict:
+        where = f"{path}:{i + 1}"
         try:
             item = json.loads(line)
-            return {"video": item["video"], "references": list(item["references"]), "caption": str(item["caption"])}
+            video, refs, caption = item["video"], item["references"], item["caption"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InputError(f"{path}:{i + 1}: each line must be a JSON object with video, references, "
+            raise InputError(f"{where}: each line must be a JSON object with video, references, "
                              f"caption ({exc})") from exc
+        if not isinstance(refs, list) or not 1 <= len(refs) <= 4 or not isinstance(caption, str):
+            raise InputError(f"{where}: references must be a list of 1 to 4 paths and caption a string")
+        allow = self.cfg.absolute_paths
+        return {"video": manifest_path(video, self.root, allow, where),
+                "references": [manifest_path(r, self.root, allow, where) for r in refs], "caption": caption,
+                "boxes": parse_boxes(item.get("boxes"), where),
+                "window": item.get("window"), "crop": item.get("crop")}  # as `data convert` writes them
+
+    def _parquet(self, path: Path) -> list[dict]:
+        """Kept rows of a curation manifest; their clip window and crop are honoured."""
+        from idcrafter.curation.schema import read_training_items
+
+        allow, out = self.cfg.absolute_paths, []
+        for i, it in enumerate(read_training_items(path, resolve=False)):
+            where = f"{path} row {i}"
+            out.append(dict(it, video=manifest_path(it["video"], self.root, allow, where),
+                            references=[manifest_path(r, self.root, allow, where) for r in it["references"][:4]]))
+        return out
 
     @property
     def skipped(self) -> int:
@@ -223,23 +293,70 @@ class ManifestSource:
 
         item = self.items[i]
         rng = np.random.default_rng(example_seed(self.cfg.seed, position, salt=3))
-        frames = read_clip(self.root / item["video"], self.cfg.frames, self.cfg.frame_stride, rng)
+        frames = read_clip(item["video"], self.cfg.frames, self.cfg.frame_stride, rng, item.get("window"))
+        if item.get("crop"):
+            x0, y0, x1, y1 = item["crop"]
+            frames = frames[:, y0:y1, x0:x1]
+        subject = None
+        if item.get("boxes"):  # subjects' extent, source pixels: the same crop and resize as the frames
+            mask = np.zeros((1, *frames.shape[1:]), np.uint8)
+            for x0, y0, x1, y1 in item["boxes"]:
+                mask[0, max(int(y0), 0):max(int(np.ceil(y1)), 0), max(int(x0), 0):max(int(np.ceil(x1)), 0)] = 255
+            m = resize_center_crop(mask, self.cfg.height, self.cfg.width)[0, :, :, 0] > 127  # (H, W)
+            subject = np.broadcast_to(m, (self.cfg.frames, *m.shape)).copy()  # (T, H, W)
         frames = resize_center_crop(frames, self.cfg.height, self.cfg.width)
-        refs = np.stack([prepare_reference(self.root / r, self.cfg.ref_size) for r in item["references"]])
-        return Sample(frames, refs, item["caption"], position, None)
+        refs = np.stack([prepare_reference(r, self.cfg.ref_size) for r in item["references"]])
+        return Sample(frames, refs, item["caption"], position, subject)
 
 
-def read_clip(path: Path, count: int, stride: int, rng: np.random.Generator) -> np.ndarray:
-    """(count, H, W, 3) uint8: every `stride`-th frame from a random start (PyAV)."""
+def parse_boxes(value: object, where: str) -> list[list[float]] | None:
+    """A manifest line's optional "boxes": one [x0, y0, x1, y1] per subject, pixels of the source
+    video (after a curation crop), the subject's extent over the clip. They give the reference
+    gap its subject cells (`ref_gap_subject/*`) on real clips, which have no masks."""
+    if value is None:
+        return None
+    ok = isinstance(value, list) and all(
+        isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in b)
+        and b[2] > b[0] and b[3] > b[1] for b in value)
+    if not ok:
+        raise InputError(f"{where}: boxes must be a list of [x0, y0, x1, y1] pixel boxes (x1 > x0, y1 > y0)")
+    return [[float(v) for v in b] for b in value]
+
+
+def manifest_path(value: object, root: Path, allow_absolute: bool, where: str) -> Path:
+    """A manifest entry's path, resolved against the manifest's folder `root` (module docstring:
+    escapes refused, absolute paths only with `allow_absolute`)."""
+    import os
+
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise InputError(f"{where}: paths must be non-empty strings, got {value!r}")
+    if os.path.isabs(value):
+        if not allow_absolute:
+            raise InputError(f"{where}: absolute path {value!r} refused: manifest paths are relative to the "
+                             "manifest's folder (set data.absolute_paths=true to allow absolute paths)")
+        return Path(os.path.normpath(value))
+    norm = os.path.normpath(value)
+    if norm == ".." or norm.startswith(".." + os.sep):
+        raise InputError(f"{where}: path {value!r} leaves the manifest's folder: keep videos and references "
+                         "inside it (or give an absolute path with data.absolute_paths=true)")
+    return root / norm
+
+
+def read_clip(path: Path, count: int, stride: int, rng: np.random.Generator,
+              window: list[int] | None = None) -> np.ndarray:
+    """(count, H, W, 3) uint8: every `stride`-th frame from a random start (PyAV), inside the
+    frames [window[0], window[1]) when a window is given (a curation manifest's clip)."""
     import av
 
     span = (count - 1) * stride + 1
+    lo = int(window[0]) if window else 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         total = int(stream.frames or 0)
+        total = min(total, int(window[1])) if window and total else total
         frames: list[np.ndarray] = []
-        if total >= span:
-            start = int(rng.integers(0, total - span + 1))
+        if total - lo >= span:
+            start = int(rng.integers(lo, total - span + 1))
             wanted = set(range(start, start + span, stride))
             for j, frame in enumerate(container.decode(stream)):
                 if j in wanted:
@@ -248,6 +365,7 @@ def read_clip(path: Path, count: int, stride: int, rng: np.random.Generator) -> 
                     break
         else:  # unknown length: decode everything
             every = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            every = every[lo:int(window[1])] if window else every
             if len(every) >= span:
                 start = int(rng.integers(0, len(every) - span + 1))
                 frames = every[start: start + span: stride]

@@ -37,7 +37,8 @@ class EMA:
         if missing:
             raise KeyError(f"EMA state does not match the trainable weights: {sorted(missing)[:5]}")
         for n, t in state.items():
-            self.shadow[n].copy_(t)
+            dst = self.shadow[n]  # FSDP2: a DTensor, and the file holds this rank's shard (sft._local)
+            (dst.to_local() if hasattr(dst, "to_local") else dst).copy_(t)
         self.updates = int(updates)
 
     @contextmanager

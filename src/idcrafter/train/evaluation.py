@@ -4,7 +4,8 @@ Reference gap (DESIGN.md section 8): on a fixed batch of held-out clips, noised 
 fixed noise, the x0-prediction error x0_hat = z_t - t v_theta with *shuffled* references (sample
 b gets the references of sample b + 1, a derangement) minus the error with the true references,
 overall and on subject cells (cells weighted by the fraction of their pixels that belong to a
-subject). Positive = the model uses its references; exactly 0 at initialisation (zero gates).
+subject: SpriteWorld's masks; on real clips the manifest's optional `boxes`, and without them the
+whole frame, so `ref_gap_subject/*` equals `ref_gap/*` there rather than being NaN). Positive = the model uses its references; exactly 0 at initialisation (zero gates).
 Logged per t as `ref_gap/t0.6`, `ref_gap_subject/t0.6`, `ref_gap_rel_subject/t0.6` (gap / error
 with true references), `x0_err/t0.6`, `x0_err_subject/t0.6`, and `ref_gap/mean`,
 `ref_gap_subject/mean` over all t.
@@ -85,37 +86,38 @@ class Evaluator:
     @torch.no_grad()
     def sample_video(self, out_dir: Path, step: int) -> dict[str, Any]:
         """Generate the first held-out example; write mp4 + contact sheet; judge it if asked."""
+        from idcrafter.generation import Case, GenerationSettings, generate_and_score
         from idcrafter.utils.media import contact_sheet, save_image, write_mp4
 
         ecfg, s = self.cfg.eval, self.samples[0]
-        t, h, w = s.frames.shape[:3]
-        was_training = self.pipe.transformer.training
-        self.pipe.transformer.eval()
-        video = self.pipe(s.caption, list(s.refs), height=h, width=w, num_frames=t,
-                          num_inference_steps=ecfg.sample_steps, guidance_scale=ecfg.sample_guidance,
-                          generator=torch.Generator().manual_seed(0)).frames[0]
-        self.pipe.transformer.train(was_training)
-        frames = (video * 255 + 0.5).clip(0, 255).astype(np.uint8)  # (T, H, W, 3)
+        if ecfg.judge and self._judge is None:
+            from idcrafter.scorers import SpritesScorer
+
+            self._judge = SpritesScorer()
+        case = Case(key=f"step_{step:08d}", prompt=s.caption, references=list(s.refs), seed=0,
+                    size=tuple(s.frames.shape[:3]))
+        settings = GenerationSettings(steps=ecfg.sample_steps, guidance=ecfg.sample_guidance)
+        (res,) = generate_and_score(self.pipe, [case], settings, self._judge if ecfg.judge else None)
+        frames = res.frames  # (T, H, W, 3) uint8
         out_dir.mkdir(parents=True, exist_ok=True)
-        mp4 = write_mp4(out_dir / f"step_{step:08d}.mp4", frames)
+        # the clip's own size and the pipeline's frame rate; the sheet samples 8 frames at 192 px
+        # (utils.media), so a real-size sample costs about what the mp4 encoder does
+        mp4 = write_mp4(out_dir / f"step_{step:08d}.mp4", frames, fps=self.pipe.fps)
         sheet = contact_sheet([("references", list(s.refs)), ("generated", list(frames)),
                                ("ground truth", list(s.frames))])
         save_image(out_dir / f"step_{step:08d}_sheet.png", sheet)
         (out_dir / f"step_{step:08d}.txt").write_text(s.caption + "\n")
         metrics: dict[str, Any] = {}
-        if ecfg.judge:
-            if self._judge is None:
-                from idcrafter.judge.judge import Judge
-
-                self._judge = Judge.load()
-            report = self._judge.score(frames, list(s.refs), s.caption)
-            metrics = {f"judge/{k}": v for k, v in report.metrics.items() if isinstance(v, (int, float))}
+        if res.report is not None:
+            metrics = {f"judge/{k}": v for k, v in res.report.metrics.items() if isinstance(v, (int, float))}
         return {"sample_path": str(mp4), **metrics}
 
 
 def _subject_error(err: torch.Tensor, cell_subject: torch.Tensor | None) -> float:
-    """Mean error over subject cells of the whole batch (cells weighted by subject fraction)."""
+    """Mean error over subject cells of the whole batch (cells weighted by subject fraction).
+    Without any subject mask (real clips whose manifest gives no `boxes`) every cell counts: the
+    `*_subject/*` figures then equal the whole-frame ones instead of being NaN."""
     if cell_subject is None:
-        return float("nan")
+        return float(err.mean())
     w = cell_subject.to(err.device).expand_as(err)
     return float((w * err).sum() / w.sum().clamp_min(1e-12))

@@ -5,7 +5,12 @@
 The folder written is a `save_pretrained` pipeline (safetensors only) plus `README.md` (the card:
 the command that made it, data seed, steps, training wall time, the reference gap, and the
 held-out judge metrics beside the ground truth's) and `heldout.json`. It is written to a
-temporary folder and renamed into place, so a shipped folder is never half-written.
+temporary folder and renamed into place (`utils.io.replace_dir`: the old folder is renamed aside,
+the new one in, then the old one deleted), so a shipped folder is never half-written.
+
+Safety: OUT must not be the run folder, inside it, or around it; an existing OUT is replaced only
+if `train export` made it (its `.idcrafter` marker, or the files every export has, for folders
+shipped before markers existed); files a person added to it (a PROVENANCE.md) are carried over.
 """
 
 from __future__ import annotations
@@ -15,8 +20,27 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from idcrafter.errors import InputError
+from idcrafter.errors import FolderInUseError, InputError
 from idcrafter.train import checkpoint as ckpt
+from idcrafter.utils.io import atomic_write_text, check_writable_dir, mark_dir, replace_dir, temp_dir_beside
+
+EXPORT_TOOL = "idcrafter train export"
+EXPORT_SIGNATURE = ("model_index.json", "README.md", "heldout/training.json")  # what every export writes
+
+
+def check_export_paths(run_dir: Path, out: Path) -> None:
+    """OUT must be neither the run folder, nor inside it, nor a folder that contains it (replacing
+    OUT would delete the run), and an existing OUT must be an earlier export."""
+    if not run_dir.is_dir():
+        raise InputError(f"run folder not found: {run_dir} (pass the --run-dir of idcrafter train sft)")
+    r, o = run_dir.resolve(), out.resolve()
+    if o == r or r in o.parents:
+        raise FolderInUseError(f"--out {out} is the run folder {run_dir} or inside it: exporting there would "
+                               "delete the run; choose a folder outside it")
+    if o in r.parents:
+        raise FolderInUseError(f"--out {out} contains the run folder {run_dir}: replacing it would delete the run; "
+                               "choose another folder")
+    check_writable_dir(out, EXPORT_TOOL, fix="", signature=EXPORT_SIGNATURE)
 
 
 def reproduce_command(cfg) -> str:
@@ -32,12 +56,13 @@ def reproduce_command(cfg) -> str:
 def training_record(run_dir: Path, step: int) -> dict[str, Any]:
     """Wall time (sum of logged step times, so pauses between resumed pieces do not count) and
     the last reference-gap evaluation at or before `step`, from `metrics.jsonl`."""
+    from idcrafter.train.logger import read_metrics
+
     path = run_dir / "metrics.jsonl"
     seconds, prev, last_eval = 0.0, 0, {}
     if path.is_file():
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            if row.get("step", 0) > step:
+        for row in read_metrics(path):
+            if not isinstance(row.get("step", 0), (int, float)) or row.get("step", 0) > step:
                 continue
             if "step_time" in row:
                 seconds += row["step_time"] * max(row["step"] - prev, 0)
@@ -61,58 +86,33 @@ def provenance(cfg) -> str:
     return f"\n## Starting weights\n\n{body}\n\n## This run\n"
 
 
-def write_card(folder: Path, cfg, step: int, record: dict[str, Any], result: dict[str, Any], name: str) -> Path:
-    from idcrafter.heldout import metrics_table
+def write_card(folder: Path, cfg, step: int, record: dict[str, Any], result: dict[str, Any], name: str,
+               marker: dict[str, Any] | None = None) -> Path:
+    """The card of any recipe (`idcrafter.train.card`: the run's own model, data, command, hardware)."""
+    from idcrafter.train.card import write_card as write
 
-    h = record["train_seconds"] / 3600
-    gap = "\n".join(f"| {k} | {v:.4f} |" for k, v in record["reference_gap"].items())
-    hc = result["config"]
-    origin = "trained from scratch on a CPU"
-    if cfg.model.init_pipeline:
-        origin = f"trained on a CPU, continuing from the pipeline in `{cfg.model.init_pipeline}` (below)"
-    text = f"""# {name}
-
-The SpriteWorld generator of idcrafter: recipe `{cfg.recipe}` (preset `{cfg.model.preset}`, pixel codec
-patch {cfg.model.codec_patch}, {cfg.model.frames} x {cfg.model.height} x {cfg.model.width} clips, {cfg.model.reference_size} px
-references), {origin}. EMA weights, `IDCrafterPipeline.from_pretrained` format.
-{provenance(cfg)}
-- Command: `{reproduce_command(cfg)}` (resumed with `--resume` between sessions)
-- Data: SpriteWorld rendered on the fly, split `{cfg.data.split}`, seed {cfg.data.seed}; batch {cfg.data.batch_size}
-- Steps: {step} of {cfg.train.steps} ({step * cfg.data.batch_size:,} clips seen)
-- Training wall time: {h:.2f} h of logged step time on a shared 2-core CPU
-
-## Reference gap (held-out batch, step {record['eval_step']})
-
-Error of the x0 prediction with shuffled references minus with the true ones, on subject cells
-(`rel` = as a fraction of the error with the true references). Positive = references are used.
-
-| figure | value |
-|---|---|
-{gap}
-
-## Held-out judge metrics
-
-{hc['n']} held-out casts of {'/'.join(map(str, hc['subjects']))} subjects (seed {hc['seed']}), {hc['steps']} Euler steps,
-guidance {hc['guidance']}; the ground truth's own figures are the ceiling of this judge.
-Command: `idcrafter eval heldout --model <this folder> --n {hc['n']} --seed {hc['seed']} --steps {hc['steps']} --cfg {hc['guidance']}`.
-
-{metrics_table(result)}
-"""
-    path = folder / "README.md"
-    path.write_text(text)
-    return path
+    return write(folder, cfg, step, record, result, name, marker)
 
 
 def export_run(run_dir: str | Path, out: str | Path, n: int = 16, steps: int = 20, seed: int = 1234,
-               checkpoint: int | None = None, progress: bool = True, guidance: float = 2.5) -> dict[str, Any]:
-    """Copy the pipeline of a run's checkpoint (newest by default) to `out`, evaluate it on
-    held-out casts and write its card. Returns the held-out result."""
+               checkpoint: int | None = None, progress: bool = True, guidance: float = 2.5,
+               device: Any = None, dtype: Any = None, evaluate: bool = True) -> dict[str, Any]:
+    """Copy the pipeline of a run's checkpoint (newest by default) to `out` (linked frozen
+    components stay links: `idcrafter.linking`), evaluate it on the held-out data that fits the
+    run (`train.card.evaluate_export`; on `device` in `dtype`) and write its card. Returns the
+    held-out result."""
     from idcrafter.config import load_config
-    from idcrafter.heldout import HeldoutConfig, evaluate_heldout
-    from idcrafter.pipeline import IDCrafterPipeline
+    from idcrafter.devices import load_pipeline
+    from idcrafter.train.card import evaluate_export, evaluation_plan
     from idcrafter.train.config import Config
 
+    from idcrafter.validation import LIMITS, check_guidance, check_int, check_seed, check_steps
+
+    check_int(n, "--n", 1, LIMITS.max_eval_cases), check_steps(steps), check_seed(seed), check_guidance(guidance)
+    if checkpoint is not None:
+        check_int(checkpoint, "--checkpoint", 0)
     run_dir, out = Path(run_dir), Path(out)
+    check_export_paths(run_dir, out)
     root = run_dir / "checkpoints"
     found = dict(ckpt.list_checkpoints(root))
     if not found:
@@ -124,18 +124,18 @@ def export_run(run_dir: str | Path, out: str | Path, n: int = 16, steps: int = 2
     if not (src / "model_index.json").is_file():
         raise InputError(f"{found[step]} has no pipeline export: train with checkpoint.export_pipeline=true")
     cfg = load_config(Config, run_dir / "config.json")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    pipe = IDCrafterPipeline.from_pretrained(str(tmp))
-    held = HeldoutConfig(n=n, steps=steps, seed=seed, guidance=guidance)
-    result = evaluate_heldout(pipe, held, out_dir=tmp / "heldout", progress=progress)
-    for sheet in sorted((tmp / "heldout").glob("case_*.png"))[1:]:
-        sheet.unlink()  # keep one contact sheet in the shipped folder (small files in git)
-    record = training_record(run_dir, step)
-    (tmp / "heldout" / "training.json").write_text(json.dumps({"step": step, **record}, indent=2))
-    write_card(tmp, cfg, step, record, result, out.name)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    marker = ckpt.read_json(found[step] / ckpt.COMPLETE_MARKER)
+    tmp = temp_dir_beside(out)  # a fresh hidden name: nothing that exists is reused or deleted
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True, symlinks=True)  # links stay links (absolute targets)
+        mark_dir(tmp, EXPORT_TOOL)
+        pipe = load_pipeline(tmp, device, dtype) if evaluation_plan(cfg, evaluate)[0] != "skipped" else None
+        result = evaluate_export(pipe, cfg, tmp / "heldout", n, steps, seed, guidance, progress, evaluate)
+        record = training_record(run_dir, step)
+        atomic_write_text(tmp / "heldout" / "training.json", json.dumps({"step": step, **record}, indent=2))
+        write_card(tmp, cfg, step, record, result, out.name, marker)
+        replace_dir(tmp, out, keep_foreign=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return {"step": step, **record, **result}

@@ -9,15 +9,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from idcrafter.utils.io import append_line
+
 log = logging.getLogger(__name__)
 
 
 class MetricsLogger:
     """Writes scalar metrics (main process only; on other ranks every call is a no-op).
 
-    `metrics.jsonl`: one object per call, {"step", "time", **metrics}. On resume, lines with a
-    step beyond the checkpoint's (written by the interrupted run after its last checkpoint) are
-    dropped, so the file reads as one uninterrupted run.
+    `metrics.jsonl`: one object per call, {"step", "time", **metrics}, appended and fsynced
+    (`utils.io.append_line`); the file is never rewritten, so a kill can at worst cut its last
+    line. On resume a marker line {"resumed_at": step, "time"} is appended; `read_metrics` drops
+    the lines the interrupted run wrote after that step (and any cut line), so the file reads
+    as one uninterrupted run while keeping every byte ever written.
     """
 
     def __init__(self, run_dir: Path, cfg, enabled: bool, config: dict[str, Any] | None = None,
@@ -28,7 +32,7 @@ class MetricsLogger:
         if not enabled:
             return
         if resume_step is not None:
-            truncate_after(self.path, resume_step)
+            append_line(self.path, json.dumps({"resumed_at": int(resume_step), "time": round(time.time(), 3)}))
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -46,8 +50,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         clean = {k: _num(v) for k, v in metrics.items() if _num(v) is not None or v is None}
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "time": round(time.time(), 3), **clean}) + "\n")
+        append_line(self.path, json.dumps({"step": step, "time": round(time.time(), 3), **clean}))
         for k, v in clean.items():
             if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
                 if self.tb is not None:
@@ -73,20 +76,18 @@ def _num(v: Any) -> float | int | None:
     return None
 
 
-def truncate_after(path: Path, step: int) -> None:
-    """Drop lines of a metrics file whose step is > `step`."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-    path.write_text("".join(k + "\n" for k in keep))
-
-
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a `metrics.jsonl`."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a `metrics.jsonl` as one uninterrupted run: a `resumed_at` marker drops the
+    records after its step written before it (by the run that was interrupted); lines a kill cut
+    short are skipped."""
+    from idcrafter.utils.io import read_lines_json
+
+    out: list[dict[str, Any]] = []
+    for row in read_lines_json(path):
+        if not isinstance(row, dict):
+            continue
+        if "resumed_at" in row and "step" not in row:
+            out = [r for r in out if r.get("step", 0) <= row["resumed_at"]]
+            continue
+        out.append(row)
+    return out

@@ -1,4 +1,5 @@
-"""Building the model for training, choosing what trains, and exporting a clean pipeline.
+"""Choosing what trains, and exporting a clean pipeline (the model itself is built by
+`idcrafter.builder`, the one pipeline builder).
 
 Training modes (`train.mode`):
 - `full`: every transformer weight trains (SpriteWorld: the model is trained from scratch).
@@ -14,126 +15,20 @@ trainable weights are always float32 (mixed precision comes from autocast).
 
 from __future__ import annotations
 
-import warnings
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import nn
 
+from idcrafter.builder import build_codec, build_model_pipeline, build_text_encoder, caption_vocabulary  # noqa: F401
 from idcrafter.errors import InputError
 
 if TYPE_CHECKING:
     from idcrafter.pipeline import IDCrafterPipeline
-    from idcrafter.train.config import ModelConfig, TrainConfig
+    from idcrafter.train.config import TrainConfig
 
 ADAPTER_NAME = "default"
-
-
-def caption_vocabulary() -> list[str]:
-    """Every word SpriteWorld captions use (plus the tiny tokenizer's defaults), so the tiny text
-    encoder never maps a caption word to <unk>."""
-    from idcrafter.encoders.text import DEFAULT_WORDS
-    from idcrafter.world import identity as idn
-    from idcrafter.world.captions import HAIR_TEMPLATES, PAIR_PHRASES, PATTERN_WORDS, SCENES, SOLO_PHRASES
-
-    words = list(DEFAULT_WORDS)
-    for palette in (idn.HAIR_COLOURS, idn.SKINS, idn.CLOTH_COLOURS, idn.PANTS_COLOURS):
-        words += [name for name, _ in palette]
-    words += idn.HEAD_SHAPES + idn.HAIR_STYLES + idn.EYES + idn.ACCESSORIES + idn.PATTERNS
-    phrases = list(HAIR_TEMPLATES.values()) + list(PAIR_PHRASES.values()) + list(PATTERN_WORDS.values())
-    phrases += list(SCENES.values()) + list(SOLO_PHRASES.values())
-    words += [w for p in phrases for w in p.replace("{c}", " ").replace("-", " - ").split()]
-    return list(dict.fromkeys(w.lower() for w in words))
-
-
-def _dtype(name: str) -> torch.dtype:
-    dt = getattr(torch, name, None)
-    if not isinstance(dt, torch.dtype):
-        raise InputError(f"model.frozen_dtype must be a torch dtype name (float32, bfloat16), got {name!r}")
-    return dt
-
-
-def build_text_encoder(cfg: "ModelConfig"):
-    from idcrafter.encoders.text import TextEncoder
-
-    if cfg.text_encoder == "tiny":
-        return TextEncoder.tiny(cfg.text_dim, vocab_words=caption_vocabulary(), max_length=cfg.text_max_length,
-                                seed=cfg.seed)
-    return TextEncoder.from_pretrained(cfg.text_encoder, max_length=cfg.text_max_length, dtype=_dtype(cfg.frozen_dtype))
-
-
-def build_codec(cfg: "ModelConfig"):
-    from idcrafter.models.codecs import PixelCodec, WanVAECodec
-
-    if cfg.codec == "pixel":
-        return PixelCodec(3, cfg.codec_patch)
-    if cfg.codec == "wan-vae":
-        if not cfg.codec_path:
-            raise InputError("model.codec=wan-vae needs model.codec_path (a Wan VAE or Wan pipeline folder)")
-        return WanVAECodec.from_pretrained(cfg.codec_path, dtype=_dtype(cfg.frozen_dtype))
-    raise InputError(f"model.codec must be 'pixel' or 'wan-vae', got {cfg.codec!r}")
-
-
-def build_model_pipeline(cfg: "ModelConfig") -> "IDCrafterPipeline":
-    """The pipeline to train: from a saved pipeline, from local Wan weights, or random (seeded)."""
-    from idcrafter.pipeline import IDCrafterPipeline, build_pipeline
-
-    if cfg.init_pipeline:
-        path = Path(cfg.init_pipeline)
-        if not (path / "model_index.json").is_file():
-            raise InputError(f"model.init_pipeline={path} is not a pipeline folder (no model_index.json)")
-        return IDCrafterPipeline.from_pretrained(str(path), local_files_only=True)
-    codec, text = build_codec(cfg), build_text_encoder(cfg)
-    vlm = None
-    if cfg.vlm_path == "tiny":  # random frozen Qwen2.5-VL over SpriteWorld's words (ablations)
-        from idcrafter.encoders.vlm import VLMGrounder
-
-        vlm = VLMGrounder.tiny(cfg.text_dim, vocab_words=caption_vocabulary(), seed=cfg.seed + 1)
-    elif cfg.vlm_path:
-        from idcrafter.encoders.vlm import VLMGrounder
-
-        vlm = VLMGrounder.from_pretrained(cfg.vlm_path, dtype=_dtype(cfg.frozen_dtype))
-    sizes = dict(default_height=cfg.height, default_width=cfg.width, default_frames=cfg.frames,
-                 reference_size=cfg.reference_size, shift=cfg.shift)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        if cfg.wan_path:
-            return _pipeline_from_wan(cfg, codec, text, vlm, sizes)
-        return build_pipeline(cfg.preset, codec, text, vlm, **sizes, **cfg.preset_overrides)
-
-
-def _pipeline_from_wan(cfg: "ModelConfig", codec, text, vlm, sizes: dict) -> "IDCrafterPipeline":
-    """Wan2.1 base (local folder) + new subject modules, wrapped like `build_pipeline` does."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
-
-    from idcrafter.models.codecs import WanVAECodec
-    from idcrafter.models.presets import preset, wan_config
-    from idcrafter.models.transformer import IDCrafterTransformer3DModel
-    from idcrafter.pipeline import IDCrafterPipeline
-
-    path = Path(cfg.wan_path)
-    sub = "transformer" if (path / "transformer" / "config.json").is_file() else None
-    if not (path / (sub or "") / "config.json").is_file():
-        raise InputError(f"model.wan_path={path}: no diffusers Wan2.1 transformer there (config.json)")
-    wan = WanTransformer3DModel.from_pretrained(path, subfolder=sub, local_files_only=True,
-                                                torch_dtype=_dtype(cfg.frozen_dtype))
-    extra = {k: v for k, v in preset(cfg.preset, **cfg.preset_overrides).items() if k not in wan_config(cfg.preset)}
-    if extra.get("text_mode", "t5") != "t5":
-        if vlm is None:
-            raise InputError(f"preset {cfg.preset} reads a VLM (text_mode {extra['text_mode']}): set model.vlm_path")
-        extra["vlm_dim"] = vlm.dim
-    transformer = IDCrafterTransformer3DModel.from_wan(wan, **extra)
-    del wan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=sizes.pop("shift"))
-    return IDCrafterPipeline(
-        transformer, codec.vae if isinstance(codec, WanVAECodec) else codec, text.model, text.tokenizer, scheduler,
-        vlm=None if vlm is None else vlm.model, vlm_tokenizer=None if vlm is None else vlm.tokenizer,
-        vlm_processor=None if vlm is None else vlm.image_processor, max_sequence_length=text.max_length,
-        vlm_layer=-1 if vlm is None else vlm.layer, **sizes)
 
 
 def setup_trainable(model: nn.Module, cfg: "TrainConfig") -> dict[str, nn.Parameter]:

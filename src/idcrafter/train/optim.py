@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 
 from idcrafter.errors import InputError
 
-if TYPE_CHECKING:
-    from idcrafter.train.config import OptimConfig
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine (or constant) decay to min_lr_ratio * lr."""
+
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    warmup_steps: int = 500
+    schedule: str = "cosine"  # "cosine" | "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+
+    def build(self, params: list, total_steps: int):
+        return build_optimizer(self, params, total_steps)
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine", min_ratio: float = 0.0) -> float:
@@ -31,7 +45,7 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine", min_
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def build_optimizer(cfg: "OptimConfig", params: list[torch.nn.Parameter], total_steps: int):
+def build_optimizer(cfg: OptimConfig, params: list[torch.nn.Parameter], total_steps: int):
     """(AdamW, LambdaLR). Biases, norms and 1-D parameters (gates, embeddings' scales) get no
     weight decay, as is usual for transformers."""
     decay = [p for p in params if p.ndim >= 2]

@@ -21,7 +21,6 @@ half-written dataset behind):
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from idcrafter.world.scene import (
 )
 
 FORMAT = "spriteworld-v1"
+ARRAY_NAMES = ("frames", "masks", "refs", "boxes", "head_boxes", "visibility", "num_subjects")
 SPLIT_CODE = {"train": 0, "heldout": 1}
 
 
@@ -71,8 +71,10 @@ def check_split(split: str) -> Split:
 def make_example(seed: int, index: int, split: Split, config: WorldConfig | None = None,
                  num_subjects: int | None = None, actions: list[str] | None = None) -> Example:
     """Render example `index` of (split, seed). K is uniform in 1..4 unless given."""
+    from idcrafter.validation import check_int, check_seed
+
     config = config or WorldConfig()
-    rng = example_rng(seed, index, split)
+    rng = example_rng(check_seed(seed), check_int(index, "example index", 0), check_split(split))
     k = int(rng.integers(1, MAX_SUBJECTS + 1)) if num_subjects is None else num_subjects
     if not 1 <= k <= MAX_SUBJECTS:
         raise InputError(f"number of subjects must be in 1..{MAX_SUBJECTS}, got {k}")
@@ -90,13 +92,16 @@ def make_dataset(out: str | Path, split: Split, num: int, seed: int, config: Wor
 
     config = config or WorldConfig()
     out = Path(out)
+    from idcrafter.utils.io import check_writable_dir, mark_dir, replace_dir, temp_dir_beside
+    from idcrafter.validation import LIMITS, check_int, check_seed
+
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists: pass --overwrite or choose another --out")
-    if num < 1:
-        raise InputError(f"--num must be at least 1, got {num}")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    # --overwrite replaces only a dataset `world make` wrote (its marker, or a dataset's files)
+    check_writable_dir(out, "idcrafter world make", fix="", signature=("manifest.json", "meta.jsonl", "frames.npy"))
+    check_int(num, "--num", 1, LIMITS.max_clips)
+    check_seed(seed)
+    tmp = temp_dir_beside(out)  # a fresh hidden folder: nothing that exists is reused or deleted
     t, h, w, r, k = config.frames, config.height, config.width, config.ref_size, MAX_SUBJECTS
     shapes = {
         "frames": ((num, t, h, w, 3), np.uint8), "masks": ((num, t, h, w), np.uint8),
@@ -127,9 +132,8 @@ def make_dataset(out: str | Path, split: Split, num: int, seed: int, config: Wor
         "command": command,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    mark_dir(tmp, "idcrafter world make")
+    replace_dir(tmp, out)
     return out
 
 
@@ -146,10 +150,21 @@ class SpriteWorldDataset:
         if not path.is_file():
             raise InputError(f"{self.root} is not a SpriteWorld dataset (no manifest.json): "
                              f"make one with `idcrafter world make --out {self.root}`")
-        self.manifest = json.loads(path.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise InputError(f"{path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}")
-        self.config = WorldConfig(**self.manifest["config"])
+        from idcrafter.errors import CorruptFileError
+
+        try:
+            self.manifest = json.loads(path.read_text(encoding="utf-8"))
+            if self.manifest.get("format") != FORMAT:
+                raise InputError(f"{path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}")
+            self.config = WorldConfig(**self.manifest["config"])
+            arrays, num = self.manifest["arrays"], self.manifest["num"]
+        except InputError:
+            raise
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptFileError(f"{path} is not a valid dataset manifest ({exc.__class__.__name__}: {exc})") from exc
+        # array names become file names: only the format's own (no "../x" escaping the folder)
+        if not isinstance(arrays, dict) or not set(arrays) <= set(ARRAY_NAMES) or not isinstance(num, int) or num < 1:
+            raise CorruptFileError(f"{path}: arrays must be among {', '.join(ARRAY_NAMES)} and num a positive integer")
         self._arrays: dict[str, np.ndarray] | None = None
         with open(self.root / "meta.jsonl") as f:
             self.meta = [json.loads(line) for line in f]

@@ -1,0 +1,62 @@
+"""`idcrafter compare RUN_DIR ...`: runs of `idcrafter eval` side by side, with deltas against the
+first run (higher is better for every metric except leakage and copy-paste)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from idcrafter.errors import InputError
+
+LOWER_IS_BETTER = ("leakage", "copy_paste")
+
+
+def load_results(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise InputError(f"{run_dir} is not an idcrafter eval folder (no results.json): pass folders written by "
+                         f"`idcrafter eval --out`")
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise InputError(f"{path} is not valid JSON: re-run `idcrafter eval` on that folder") from None
+
+
+def compare_rows(runs: Sequence[dict[str, Any]]) -> list[tuple[str, list[float | None]]]:
+    """(metric, value per run), the OpenS2V Total first when the runs have one."""
+    rows: list[tuple[str, list[float | None]]] = []
+    if any("opens2v" in r for r in runs):
+        rows.append(("opens2v/total", [(r.get("opens2v") or {}).get("total") for r in runs]))
+    names = sorted({k for r in runs for k, v in r.get("averages", {}).items() if v is not None})
+    rows += [(k, [r.get("averages", {}).get(k) for r in runs]) for k in names]
+    return rows
+
+
+def compare_markdown(run_dirs: Sequence[str | Path], runs: Sequence[dict[str, Any]]) -> str:
+    if len(runs) < 1:
+        raise InputError("pass at least one run folder")
+    names = [Path(d).name for d in run_dirs]
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for metric, vals in compare_rows(runs):
+        cells = []
+        for i, v in enumerate(vals):
+            if v is None:
+                cells.append("n/a")
+            elif i == 0 or vals[0] is None:
+                cells.append(f"{v:.4f}")
+            else:
+                d = v - vals[0]
+                worse = d > 0 if any(t in metric for t in LOWER_IS_BETTER) else d < 0
+                cells.append(f"{v:.4f} ({d:+.4f}{' worse' if worse and abs(d) > 1e-12 else ''})")
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    benches = {json.dumps(r.get("benchmark"), sort_keys=True) for r in runs}
+    ident = {json.dumps({k: v for k, v in (r.get("identity") or {}).items() if k in ("cases", "seed")},
+                        sort_keys=True) for r in runs}
+    notes = []
+    if len(benches) > 1 or len(ident) > 1:
+        notes.append("Warning: these runs were not made on the same benchmark cases; deltas compare different cases.")
+    for name, r in zip(names, runs):
+        if r.get("cases_done") != r.get("cases_total"):
+            notes.append(f"{name}: {r.get('cases_done')} of {r.get('cases_total')} cases scored.")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"

@@ -1,0 +1,319 @@
+"""The learned reward model (Identity-GRPO): references + a few sampled frames (+ the prompt) ->
+one scalar read at a special token, trained on preference pairs with Bradley-Terry with ties.
+
+Two backbones behind one interface (`score(videos, references, prompts) -> (B,)`, `save`,
+`load_reward_model`):
+
+- `QwenRewardModel` (the real path): a Qwen2.5-VL (bare `Qwen2_5_VLModel`, local folder) reading
+
+      <|im_start|>user\\n Subject 1: <image> ... Frame 1: <image> ... Prompt: {prompt}<|im_end|>\\n
+      <|im_start|>assistant\\n <|reward|>
+
+  with a linear head on the last layer's state at the added `<|reward|>` token; LoRA (peft) on the
+  language model's attention projections and the head train, everything else is frozen. Images
+  are prepared and expanded into placeholder tokens exactly as `encoders.vlm.VLMGrounder` does
+  (no torchvision). Tested on a tiny random Qwen2.5-VL (DESIGN.md section 7).
+- `SpriteRewardModel` (the embedded default, CPU size): the shipped judge's frozen detector and
+  face / subject embedders play the pretrained vision tower; each reference and each subject
+  detected in each sampled frame becomes a token (embeddings + box geometry + a frame or slot
+  embedding), a small transformer reads them and a `<reward>` token, a linear head gives the
+  scalar. Features are computed once per clip (frozen), so training runs on a CPU in minutes.
+
+Departure from Identity-GRPO: the embedded model has no language input (SpriteWorld's identity
+preferences do not depend on the prompt); the Qwen path reads the prompt as the paper's does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from idcrafter.errors import InputError, MissingWeightsError
+
+REWARD_TOKEN = "<|reward|>"
+
+
+def sample_frames(video: np.ndarray, n: int) -> np.ndarray:
+    """n evenly spaced frames of a (T, H, W, 3) clip (repeats frames of shorter clips)."""
+    idx = np.linspace(0, len(video) - 1, n).round().astype(int)
+    return np.asarray(video)[idx]
+
+
+# ------------------------------------------------------------------ embedded: judge features + transformer
+@dataclass
+class SpriteFeatures:
+    """Frozen features of B clips. refs (B, K, D) with ref_mask (B, K); dets (B, N, M, D + 5) with
+    det_mask (B, N, M): N sampled frames, M detections each (face + subject embedding, box, score)."""
+
+    refs: torch.Tensor
+    ref_mask: torch.Tensor
+    dets: torch.Tensor
+    det_mask: torch.Tensor
+
+    def select(self, rows: Sequence[int]) -> "SpriteFeatures":
+        i = torch.as_tensor(list(rows), dtype=torch.long)
+        return SpriteFeatures(self.refs[i], self.ref_mask[i], self.dets[i], self.det_mask[i])
+
+
+class SpriteFeaturizer:
+    """The judge's detector and embedders as a frozen feature extractor (no gradients)."""
+
+    def __init__(self, judge_folder: str | Path | None = None, frames: int = 5, max_refs: int = 4,
+                 max_dets: int = 4):
+        from idcrafter.judge.judge import Judge
+
+        self.judge = Judge.load(judge_folder)
+        self.frames, self.max_refs, self.max_dets = frames, max_refs, max_dets
+        self.dim = self.judge.face.dim + self.judge.subject.dim
+
+    @torch.no_grad()
+    def __call__(self, videos: Sequence[np.ndarray], references: Sequence[Sequence[np.ndarray]]) -> SpriteFeatures:
+        from idcrafter.judge.crops import body_crop, head_crop
+        from idcrafter.judge.judge import check_video
+
+        j = self.judge
+        b, n, m, d = len(videos), self.frames, self.max_dets, self.dim
+        refs = torch.zeros(b, self.max_refs, d)
+        ref_mask = torch.zeros(b, self.max_refs, dtype=torch.bool)
+        dets = torch.zeros(b, n, m, d + 5)
+        det_mask = torch.zeros(b, n, m, dtype=torch.bool)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the judge's nets are tiny: one thread is fastest (judge.score)
+        try:
+            for i, (video, rr) in enumerate(zip(videos, references)):
+                if len(rr) > self.max_refs:
+                    raise InputError(f"{len(rr)} references; the reward model reads at most {self.max_refs}")
+                enc = j.encode_references(list(rr))
+                refs[i, : len(rr)] = torch.from_numpy(np.concatenate([enc["face"], enc["subject"]], 1))
+                ref_mask[i, : len(rr)] = True
+                frames = sample_frames(check_video(np.asarray(video), j.size), n)
+                h, w = frames.shape[1:3]
+                for t, (frame, found) in enumerate(zip(frames, j.detector.detect_video(frames))):
+                    found = sorted(found, key=lambda x: -x.score)[:m]
+                    if not found:
+                        continue
+                    face = j.face.embed_crops(np.stack([head_crop(frame, x.head) for x in found]))
+                    subj = j.subject.embed_crops(np.stack([body_crop(frame, x.box) for x in found]))
+                    geo = np.array([[x.box[0] / w, x.box[1] / h, x.box[2] / w, x.box[3] / h, x.score] for x in found])
+                    dets[i, t, : len(found)] = torch.from_numpy(np.concatenate([face, subj, geo], 1)).float()
+                    det_mask[i, t, : len(found)] = True
+        finally:
+            torch.set_num_threads(threads)
+        return SpriteFeatures(refs, ref_mask, dets, det_mask)
+
+
+class SpriteRewardHead(nn.Module):
+    """Tokens of references and detections + a reward token -> transformer -> scalar."""
+
+    def __init__(self, feat_dim: int, dim: int = 64, layers: int = 2, heads: int = 4, frames: int = 5,
+                 max_refs: int = 4):
+        super().__init__()
+        self.ref_in = nn.Linear(feat_dim, dim)
+        self.det_in = nn.Linear(feat_dim + 5, dim)
+        self.slot = nn.Parameter(torch.randn(max_refs, dim) * 0.02)  # which reference
+        self.time = nn.Parameter(torch.randn(frames, dim) * 0.02)  # which sampled frame
+        self.reward_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 1)
+
+    def forward(self, f: SpriteFeatures) -> torch.Tensor:
+        b, k = f.ref_mask.shape
+        n, m = f.det_mask.shape[1:]
+        refs = self.ref_in(f.refs) + self.slot[:k]  # (B, K, dim)
+        dets = (self.det_in(f.dets) + self.time[:n, None]).flatten(1, 2)  # (B, N*M, dim)
+        tokens = torch.cat([self.reward_token.expand(b, -1, -1), refs, dets], 1)
+        mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=refs.device), f.ref_mask,
+                          f.det_mask.flatten(1)], 1)
+        out = self.encoder(tokens, src_key_padding_mask=~mask)
+        return self.head(self.norm(out[:, 0])).squeeze(-1)  # (B,)
+
+
+class SpriteRewardModel(nn.Module):
+    """The embedded default (module docstring)."""
+
+    backbone = "sprites"
+
+    def __init__(self, frames: int = 5, dim: int = 64, layers: int = 2, heads: int = 4,
+                 judge_folder: str | None = None):
+        super().__init__()
+        self.config = dict(backbone="sprites", frames=frames, dim=dim, layers=layers, heads=heads,
+                           judge_folder=judge_folder)
+        self.featurizer = SpriteFeaturizer(judge_folder, frames)
+        self.head = SpriteRewardHead(self.featurizer.dim, dim, layers, heads, frames)
+
+    def features(self, videos, references) -> SpriteFeatures:
+        return self.featurizer(videos, references)
+
+    def score_features(self, f: SpriteFeatures) -> torch.Tensor:
+        return self.head(f)
+
+    def score(self, videos: Sequence[np.ndarray], references: Sequence[Sequence[np.ndarray]],
+              prompts: Sequence[str | None] | None = None) -> torch.Tensor:
+        return self.head(self.features(videos, references))
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        return {f"head.{n}": p for n, p in self.head.named_parameters()}
+
+    def save(self, folder: str | Path) -> Path:
+        return _save(self, folder, {f"head.{n}": p for n, p in self.head.state_dict().items()})
+
+
+# ------------------------------------------------------------------ real: Qwen2.5-VL + LoRA + head
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class QwenRewardModel(nn.Module):
+    """Qwen2.5-VL scalar reward model (module docstring)."""
+
+    backbone = "qwen"
+
+    def __init__(self, vlm: nn.Module, tokenizer: Any, image_processor: Any, frames: int = 4, lora_rank: int = 8,
+                 lora_alpha: int = 8, base_path: str | None = None):
+        super().__init__()
+        from peft import LoraConfig, inject_adapter_in_model
+
+        self.config = dict(backbone="qwen", frames=frames, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                           base_path=base_path)
+        self.tokenizer, self.image_processor = tokenizer, image_processor
+        if REWARD_TOKEN not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})
+        self.reward_token_id = tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
+        if vlm.get_input_embeddings().num_embeddings <= self.reward_token_id:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # the new token's embedding row is a fixed function of the base
+                vlm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        vlm.requires_grad_(False)
+        inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=list(LORA_TARGETS),
+                                           init_lora_weights=True), vlm.language_model)
+        self.vlm = vlm
+        hidden = int(vlm.config.text_config.hidden_size)
+        self.head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.head.bias)
+        nn.init.normal_(self.head.weight, std=1 / math.sqrt(hidden))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, frames: int = 4, lora_rank: int = 8, lora_alpha: int = 8,
+                        dtype: torch.dtype | None = None) -> "QwenRewardModel":
+        """A fresh reward model on a local Qwen2.5-VL folder (nothing is downloaded)."""
+        from idcrafter.encoders.vlm import VLMGrounder
+
+        g = VLMGrounder.from_pretrained(folder, dtype=dtype)
+        return cls(g.model, g.tokenizer, g.image_processor, frames, lora_rank, lora_alpha, base_path=str(folder))
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        out = {f"vlm.{n}": p for n, p in self.vlm.named_parameters() if "lora_" in n}
+        out.update({f"head.{n}": p for n, p in self.head.named_parameters()})
+        for p in out.values():
+            p.requires_grad_(True)
+        return out
+
+    def build_inputs(self, videos, references, prompts) -> dict[str, torch.Tensor]:
+        from idcrafter.encoders.vlm import IMAGE_PAD, SYSTEM_PROMPT, VISION_END, VISION_START, _as_rgb
+
+        images, texts = [], []
+        per_sample = []
+        for video, refs in zip(videos, references):
+            frames = list(sample_frames(video, self.config["frames"]))
+            imgs = [_as_rgb(r) for r in refs] + [np.ascontiguousarray(f) for f in frames]
+            per_sample.append((len(refs), len(frames)))
+            images += imgs
+        vis = dict(self.image_processor(images=images, return_tensors="pt"))
+        merge = self.image_processor.merge_size
+        counts = [int(g.prod()) // merge ** 2 for g in vis["image_grid_thw"]]
+        start = 0
+        for (k, n), prompt in zip(per_sample, prompts):
+            c = counts[start: start + k + n]
+            start += k + n
+            refs = "".join(f"Subject {i + 1}: {VISION_START}{IMAGE_PAD * c[i]}{VISION_END}\n" for i in range(k))
+            frames = "".join(f"Frame {i + 1}: {VISION_START}{IMAGE_PAD * c[k + i]}{VISION_END}\n" for i in range(n))
+            texts.append(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{refs}{frames}"
+                         f"Prompt: {prompt or ''}<|im_end|>\n<|im_start|>assistant\n{REWARD_TOKEN}")
+        rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        length = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([r + [pad] * (length - len(r)) for r in rows], dtype=torch.long)
+        mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows], dtype=torch.long)
+        image_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        if int((ids == image_id).sum()) != sum(counts):
+            raise RuntimeError("the tokenizer split <|image_pad|>: tokenizer and model do not match")
+        last = torch.tensor([len(r) - 1 for r in rows])
+        if not bool((ids[torch.arange(len(rows)), last] == self.reward_token_id).all()):
+            raise RuntimeError(f"the tokenizer split {REWARD_TOKEN}")
+        return dict(input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == image_id).long(), last=last, **vis)
+
+    def score(self, videos, references, prompts=None) -> torch.Tensor:
+        prompts = list(prompts) if prompts is not None else [None] * len(videos)
+        inputs = self.build_inputs(videos, references, prompts)
+        last = inputs.pop("last")
+        device = next(self.head.parameters()).device
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        out = self.vlm(**inputs, use_cache=False, return_dict=True)
+        h = out.last_hidden_state[torch.arange(len(last)), last.to(device)]  # (B, D) at <|reward|>
+        return self.head(h.float()).squeeze(-1)
+
+    def save(self, folder: str | Path) -> Path:
+        """Adapter, head and the reward token's embedding row (the base stays in its own folder)."""
+        if not self.config["base_path"]:
+            raise InputError("this reward model was not built from a local Qwen2.5-VL folder: save the base with "
+                             "VLMGrounder.save_pretrained and build it with QwenRewardModel.from_pretrained")
+        state = {f"vlm.{n}": p for n, p in self.vlm.state_dict().items() if "lora_" in n}
+        state.update({f"head.{n}": p for n, p in self.head.state_dict().items()})
+        state["reward_token_embedding"] = self.vlm.get_input_embeddings().weight[self.reward_token_id].detach()
+        return _save(self, folder, state)
+
+
+# ------------------------------------------------------------------ save / load
+def _save(model: nn.Module, folder: str | Path, state: dict[str, torch.Tensor]) -> Path:
+    from safetensors.torch import save_file
+
+    from idcrafter.utils.io import atomic_write_json, ensure_dir
+
+    folder = ensure_dir(folder)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / "reward_model.safetensors"))
+    atomic_write_json(Path(folder) / "config.json", model.config)
+    return Path(folder)
+
+
+def load_reward_model(folder: str | Path) -> nn.Module:
+    """A saved reward model (either backbone) from its local folder."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg_file, weights = folder / "config.json", folder / "reward_model.safetensors"
+    if not cfg_file.is_file() or not weights.is_file():
+        raise MissingWeightsError(f"no reward model in {folder}: it needs config.json and reward_model.safetensors "
+                                  "(written by `idcrafter train reward-model`)")
+    cfg = json.loads(cfg_file.read_text())
+    state = load_file(str(weights))
+    if cfg.get("backbone") == "sprites":
+        model: nn.Module = SpriteRewardModel(cfg["frames"], cfg["dim"], cfg["layers"], cfg["heads"], cfg["judge_folder"])
+        model.head.load_state_dict({k[len("head."):]: v for k, v in state.items()}, strict=True)
+    elif cfg.get("backbone") == "qwen":
+        model = QwenRewardModel.from_pretrained(cfg["base_path"], cfg["frames"], cfg["lora_rank"], cfg["lora_alpha"])
+        with torch.no_grad():
+            model.vlm.get_input_embeddings().weight[model.reward_token_id] = state.pop("reward_token_embedding")
+        missing = model.load_state_dict(state, strict=False)
+        bad = [k for k in missing.missing_keys if "lora_" in k or k.startswith("head.")]
+        if bad or missing.unexpected_keys:
+            raise InputError(f"{weights} does not match this reward model: {bad[:3]} {missing.unexpected_keys[:3]}")
+    else:
+        raise InputError(f"{cfg_file}: unknown reward model backbone {cfg.get('backbone')!r}")
+    return model.eval()
+
+
+# ------------------------------------------------------------------ training: `idcrafter train reward-model`
+def pairwise_accuracy(r_a: torch.Tensor, r_b: torch.Tensor, target: torch.Tensor) -> float:
+    """Share of non-tie pairs whose better clip scores higher (ties excluded); NaN without any."""
+    keep = target != 0
+    if not bool(keep.any()):
+        return float("nan")
+    return float(((r_a[keep] - r_b[keep]).sign() == target[keep].sign()).float().mean())

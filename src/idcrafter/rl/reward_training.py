@@ -1,0 +1,211 @@
+"""`idcrafter train reward-model --recipe NAME`: Bradley-Terry-with-ties training of the learned
+reward model (`rl.reward_model`) on preference pairs, on the shared engine.
+
+Pairs (`pairs.source`): "synthetic" (`rl.distortions.synthetic_pairs`: train identities, the
+distortion kinds `pairs.kinds`), or "file" (a pair file, format in `rl.distortions`), or
+"generator" (samples of a generator ranked by a judge: `rl.pairs.generator_pairs`, written to a
+pair file first by `scripts/rl_experiment.py`). One step: `pairs.batch_size` pairs drawn with a
+generator seeded by (seed, step), BTT loss (k = `model.ties_k`) on the two clips' scores.
+
+Evaluation (every `eval_every` steps and at the end, written to `<run>/eval.json` and the log):
+pairwise accuracy with ties excluded on `pairs.heldout` pairs of *held-out identities* (the
+heldout split) made with the training kinds (`acc/heldout_ids`), and on pairs of the held-out
+distortion kind `pairs.heldout_kind`, also on held-out identities (`acc/heldout_kind`). The model
+is exported to `<run>/reward_model` (`load_reward_model`); use it in RL with
+`reward.name=learned reward.path=<run>/reward_model reward.weights={"learned":1}`.
+
+The embedded backbone's features are frozen, so they are computed once per clip at set-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from idcrafter.errors import InputError
+from idcrafter.rl import losses as L
+from idcrafter.rl.distortions import KINDS, Pair
+from idcrafter.rl.reward_model import pairwise_accuracy
+from idcrafter.train.config import CheckpointConfig, LogConfig, TrainConfig
+from idcrafter.train.engine import Engine
+from idcrafter.train.optim import OptimConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RMModelConfig:
+    backbone: str = "sprites"  # "sprites" (embedded default) or "qwen" (a local Qwen2.5-VL folder in `path`)
+    path: str | None = None
+    judge_path: str | None = None  # sprites: the judge parts folder (default assets/judge)
+    frames: int = 5
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    lora_rank: int = 8
+    lora_alpha: int = 8
+    ties_k: float = 5.0
+
+    def build(self):
+        from idcrafter.rl.reward_model import QwenRewardModel, SpriteRewardModel
+
+        if self.backbone == "sprites":
+            return SpriteRewardModel(self.frames, self.dim, self.layers, self.heads, self.judge_path)
+        if self.backbone == "qwen":
+            if not self.path:
+                raise InputError("model.backbone=qwen needs model.path (a local Qwen2.5-VL folder)")
+            return QwenRewardModel.from_pretrained(self.path, self.frames, self.lora_rank, self.lora_alpha)
+        raise InputError(f"model.backbone must be sprites or qwen, got {self.backbone!r}")
+
+
+@dataclass
+class PairsConfig:
+    source: str = "synthetic"  # "synthetic" or "file"
+    path: str | None = None  # the training pair file (source=file)
+    heldout_path: str | None = None  # optional pair file evaluated as well (acc/file)
+    train: int = 2000
+    heldout: int = 300
+    seed: int = 0
+    kinds: tuple[str, ...] = ("swap", "blend", "copy_paste")
+    heldout_kind: str = "drift"
+    tie_fraction: float = 0.15
+    frames: int = 5
+    size: int = 48
+    ref_size: int = 32
+    batch_size: int = 32
+
+    def validate(self) -> None:
+        if self.source not in ("synthetic", "file"):
+            raise InputError(f"pairs.source must be synthetic or file, got {self.source!r}")
+        if self.source == "file" and not self.path:
+            raise InputError("pairs.source=file needs pairs.path (a pair file)")
+        bad = [k for k in (*self.kinds, self.heldout_kind) if k not in KINDS]
+        if bad:
+            raise InputError(f"unknown distortion kinds {bad}; choose from {', '.join(KINDS)}")
+        if self.heldout_kind in self.kinds:
+            raise InputError(f"pairs.heldout_kind={self.heldout_kind} is also a training kind: hold it out")
+        if self.train < 1 or self.batch_size < 1 or self.heldout < 0:
+            raise InputError("pairs.train and pairs.batch_size must be >= 1, pairs.heldout >= 0")
+
+
+@dataclass
+class RewardModelRunConfig:
+    recipe: str = "debug"
+    model: RMModelConfig = field(default_factory=RMModelConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, weight_decay=0.0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, mode="full", mixed_precision="no",
+                                                                   ema_decay=0.0))
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=500, export_pipeline=False))
+    log: LogConfig = field(default_factory=lambda: LogConfig(every=25, tensorboard=False))
+    eval_every: int = 500
+
+    def validate(self) -> "RewardModelRunConfig":
+        self.pairs.validate()
+        self.train.validate()
+        if self.model.ties_k <= 1:
+            raise InputError(f"model.ties_k must be > 1, got {self.model.ties_k}")
+        return self
+
+
+class RewardModelTrainer(Engine):
+    """BTT training of a reward model (module docstring)."""
+
+    run_tool: ClassVar[str] = "idcrafter train reward-model"
+    progress_name: ClassVar[str] = "reward-model"
+
+    def setup(self) -> None:
+        from idcrafter.rl.distortions import read_pairs, synthetic_pairs
+
+        self.begin_setup()
+        cfg, pc = self.cfg, self.cfg.pairs
+        self.rm = cfg.model.build()
+        trainable = self.rm.trainable()
+        self.setup_model(None, trainable, wrap=False, model=self.rm)
+        common = dict(frames=pc.frames, size=pc.size, ref_size=pc.ref_size, tie_fraction=pc.tie_fraction)
+        if pc.source == "synthetic":
+            train = synthetic_pairs(pc.train, pc.seed, "train", pc.kinds, **common)
+        else:
+            train = read_pairs(pc.path, pc.ref_size)
+        self.sets: dict[str, list[Pair]] = {"train": train}
+        if pc.heldout:
+            self.sets["heldout_ids"] = synthetic_pairs(pc.heldout, pc.seed + 1, "heldout", pc.kinds, **common)
+            self.sets["heldout_kind"] = synthetic_pairs(pc.heldout, pc.seed + 2, "heldout", (pc.heldout_kind,),
+                                                        **{**common, "tie_fraction": 0.0})
+        if pc.heldout_path:
+            self.sets["file"] = read_pairs(pc.heldout_path, pc.ref_size)
+        self.features = {name: self._featurise(pairs) for name, pairs in self.sets.items()}
+        resumed = self.maybe_resume()
+        self.finish_setup(resumed)
+
+    def _featurise(self, pairs: list[Pair]):
+        """Frozen features (embedded backbone) of both clips of every pair, else None."""
+        if self.cfg.model.backbone != "sprites":
+            return None
+        refs = [p.references for p in pairs]
+        return self.rm.features([p.a for p in pairs], refs), self.rm.features([p.b for p in pairs], refs)
+
+    def _scores(self, name: str, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self.sets[name][i] for i in rows]
+        feats = self.features[name]
+        if feats is not None:
+            return self.rm.score_features(feats[0].select(rows)), self.rm.score_features(feats[1].select(rows))
+        return (self.rm.score([p.a for p in pairs], [p.references for p in pairs], [p.prompt for p in pairs]),
+                self.rm.score([p.b for p in pairs], [p.references for p in pairs], [p.prompt for p in pairs]))
+
+    def run_step(self) -> dict[str, Any]:
+        from idcrafter.rl import schedule
+
+        n, bs = len(self.sets["train"]), self.cfg.pairs.batch_size
+        gen = schedule.generator(self.cfg.train.seed, self.step, "order")
+        rows = torch.randperm(n, generator=gen)[: min(bs, n)].tolist()
+        target = torch.tensor([self.sets["train"][i].target for i in rows])
+        r_a, r_b = self._scores("train", rows)
+        loss = L.btt_loss(r_a, r_b, target, self.cfg.model.ties_k).mean()
+        loss.backward()
+        out = self.optimizer_step(skip_nonfinite=True)
+        out.update(loss=float(loss.detach()), acc=pairwise_accuracy(r_a.detach(), r_b.detach(), target))
+        return out
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        was = self.rm.training
+        self.rm.eval()
+        out = {}
+        for name in self.sets:
+            if name == "train":
+                continue
+            rows = list(range(len(self.sets[name])))
+            scores = [self._scores(name, rows[i: i + 64]) for i in range(0, len(rows), 64)]
+            r_a, r_b = torch.cat([s[0] for s in scores]), torch.cat([s[1] for s in scores])
+            target = torch.tensor([p.target for p in self.sets[name]])
+            out[f"acc/{name}"] = pairwise_accuracy(r_a, r_b, target)
+            out[f"btt/{name}"] = float(L.btt_loss(r_a, r_b, target, self.cfg.model.ties_k).mean())
+        self.rm.train(was)
+        return out
+
+    def evaluate_if_due(self, step: int) -> None:
+        every = self.cfg.eval_every
+        if (every and step % every == 0) or step == self.cfg.train.steps:
+            out = self.evaluate()
+            self.logger.log(step, out)
+            self._fire("on_eval", step, out)
+            self.last_eval = out
+
+    def finish(self, last: dict[str, Any]) -> None:
+        from idcrafter.utils.io import atomic_write_json
+
+        if self.is_main:
+            self.rm.save(self.run_dir / "reward_model")
+            atomic_write_json(self.run_dir / "eval.json", {"step": self.step, **getattr(self, "last_eval", {}),
+                                                           "pairs": {k: len(v) for k, v in self.sets.items()}})
+        self._fire("on_train_end", last)
+        self.close()
+
+
+def run_reward_model(config: RewardModelRunConfig, run_dir, resume: bool = False, overwrite: bool = False):
+    """Train with `config` into `run_dir` (the CLI's entry point)."""
+    return RewardModelTrainer(config, run_dir, resume=resume, overwrite=overwrite).train()

@@ -1,0 +1,269 @@
+"""`idcrafter eval`: the one generate-then-score loop, the resumable runner (`--videos` and
+`--model` modes), corrupt / missing videos reported per case, reports, `compare`, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from idcrafter.errors import InputError
+from idcrafter.eval import runner as R
+from idcrafter.eval.benchmark import resolve_benchmark
+from idcrafter.eval.suite import EvalConfig, Metric, Suite
+from idcrafter.generation import Case, GenerationSettings, generate, to_uint8
+from tiny_models import astronaut_video, clip_folder
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "idcrafter.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# ---------------------------------------------------------------------- the loop
+def test_to_uint8_rounds_half_up_and_permutes_tensors():
+    v = np.array([0.0, 0.5 / 255, 0.49 / 255, 1.0, 1.7, -0.2], np.float32).reshape(1, 1, 2, 3)
+    assert to_uint8(v).ravel().tolist() == [0, 1, 0, 255, 255, 0]
+    t = torch.zeros(2, 3, 4, 5, 6)
+    t[:, 0] = 1.0  # red channel
+    out = to_uint8(t)
+    assert out.shape == (2, 4, 5, 6, 3) and out[..., 0].min() == 255 and out[..., 1].max() == 0
+
+
+@pytest.fixture(scope="module")
+def pipe_dir(tmp_path_factory):
+    from idcrafter.encoders.text import TextEncoder
+    from idcrafter.models.codecs import PixelCodec
+    from idcrafter.pipeline import build_pipeline
+
+    torch.manual_seed(0)
+    p = build_pipeline("debug", PixelCodec(3, 2), TextEncoder.tiny(32, max_length=64))
+    with torch.no_grad():
+        for blk in p.transformer.blocks:
+            blk.subject_branch.gate.normal_(0, 0.5)
+    out = tmp_path_factory.mktemp("pipe") / "debug"
+    p.save_pretrained(out)
+    return out
+
+
+def test_generation_does_not_depend_on_batching(pipe_dir):
+    from idcrafter.world.dataset import make_example
+
+    pipe = R.load_generator(pipe_dir)
+    exs = [make_example(1, i, "heldout", num_subjects=1 + i) for i in range(3)]
+    cases = [Case(f"c{i}", e.caption, list(e.refs), seed=10 + i, size=(3, 48, 48)) for i, e in enumerate(exs)]
+    one = generate(pipe, cases, GenerationSettings(steps=2))
+    three = generate(pipe, cases, GenerationSettings(steps=2, batch_size=3))
+    assert len(one) == 3 and one[0].shape == (3, 48, 48, 3) and one[0].dtype == np.uint8
+    for a, b in zip(one, three):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # same noise per case; float noise only
+    direct = pipe(exs[0].caption, list(exs[0].refs), height=48, width=48, num_frames=3, num_inference_steps=2,
+                  generator=torch.Generator().manual_seed(10)).frames[0]
+    assert np.array_equal(to_uint8(direct), one[0])  # the loop samples exactly what the pipeline does
+
+
+# ---------------------------------------------------------------------- OpenS2V, --videos mode
+def _img(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+@pytest.fixture()
+def opens2v(tmp_path):
+    from idcrafter.utils.media import write_mp4
+
+    root = tmp_path / "OpenS2V-Eval"
+    face = astronaut_video(1)[0]
+    other = np.ascontiguousarray(np.clip(face[:, ::-1].astype(int) + 30, 0, 255).astype(np.uint8))
+    rng = np.random.default_rng(0)
+    cup = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    _img(root / "Images/face/woman/1.png", face)
+    _img(root / "Images/human/man/2.png", other)
+    _img(root / "Images/obj/cup/1.png", cup)
+    bench = {
+        "singleface_1": {"img_paths": ["Images/face/woman/1.png"], "prompt": "a woman", "class_label": ["Woman"]},
+        "multihuman_1": {"img_paths": ["Images/face/woman/1.png", "Images/human/man/2.png"],
+                         "prompt": "a man and a woman", "class_label": ["Woman", "Man"]},
+        "singleobj_1": {"img_paths": ["Images/obj/cup/1.png"], "prompt": "a cup", "class_label": ["Cup"]},
+        "multiobject_1": {"img_paths": ["Images/obj/cup/1.png"], "prompt": "cups", "class_label": ["Cup"]},
+        "humanobj_1": {"img_paths": ["Images/face/woman/1.png"], "prompt": "a woman", "class_label": ["Woman"]},
+        "singlehuman_1": {"img_paths": ["Images/nowhere/man/9.png"], "prompt": "a man", "class_label": ["Man"]},
+    }
+    (root / "Open-Domain_Eval.json").write_text(json.dumps(bench))
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    moving = astronaut_video(4, shift=2)
+    write_mp4(vids / "singleface_1.mp4", moving, upscale=1)
+    write_mp4(vids / "multihuman_1.mp4", np.concatenate([moving, np.stack([other] * 4)], axis=2), upscale=1)
+    write_mp4(vids / "singleobj_1.mp4", np.stack([np.roll(cup, t, 1) for t in range(4)]), upscale=1)
+    (vids / "humanobj_1.mp4").write_bytes(b"\x00not a video")
+    write_mp4(vids / "singlehuman_1.mp4", moving, upscale=1)
+    return root / "Open-Domain_Eval.json", vids, tmp_path
+
+
+def test_videos_mode_scores_reports_and_resumes(opens2v, monkeypatch):
+    bench_json, vids, tmp = opens2v
+    out = tmp / "run"
+    cfg = EvalConfig(clip=clip_folder(tmp / "clip"))
+    spec = R.RunSpec(resolve_benchmark(str(bench_json)), out, videos=vids, config=cfg)
+    res = R.run(spec, progress=False)
+    failed = {f["key"]: f["error"] for f in res["cases_failed"]}
+    assert set(failed) == {"multiobject_1", "humanobj_1", "singlehuman_1"}  # the others are still scored
+    assert "video missing" in failed["multiobject_1"] and "cannot decode" in failed["humanobj_1"]
+    assert "reference image not found" in failed["singlehuman_1"]
+    assert res["cases_done"] == 3
+    cases = {c["key"]: c for c in res["cases"]}
+    assert cases["singleobj_1"]["metrics"]["motion_amplitude"] >= 0
+    assert 1 <= cases["singleface_1"]["metrics"]["aesthetics"] <= 10
+    multi = cases["multihuman_1"]["metrics"]
+    assert 0.9 < multi["subjects/face_sim_mean"] <= 1
+    assert multi["subjects/face_sim_min"] <= multi["subjects/face_sim_mean"]
+    assert cases["singleface_1"]["metrics"]["subjects/face_sim_mean"] is None  # ours: several people only
+    total = res["opens2v"]
+    assert total["includes"] == ["aesthetics", "motion_amplitude"] and not total["complete"]
+    assert "insightface" in total["missing"]["face_sim"] and "YOLO-World" in total["missing"]["nexus"]
+    for name in ("results.json", "results.csv", "report.md", "report.html", "figures/metrics.png",
+                 "figures/by_subjects.png"):
+        assert (out / name).is_file(), name
+    assert list((out / "sheets").glob("best_*.png")) and list((out / "sheets").glob("worst_*.png"))
+    report = (out / "report.md").read_text()
+    assert "Missing metric `gme`" in report and "humanobj_1" in report and "renormalised" in report
+    assert (out / "results.csv").read_text().count("\n") == 7  # header + 6 cases
+
+    calls = []
+    real = R.score_case
+    monkeypatch.setattr(R, "score_case", lambda c, *a, **k: calls.append(c.key) or real(c, *a, **k))
+    R.run(spec, progress=False)
+    assert sorted(calls) == ["humanobj_1", "multiobject_1", "singlehuman_1"]  # finished cases skipped, failed retried
+    from idcrafter.utils.media import write_mp4
+
+    write_mp4(vids / "multiobject_1.mp4", astronaut_video(3), upscale=1)
+    calls.clear()
+    res = R.run(spec, progress=False)
+    assert "multiobject_1" in calls and res["cases_done"] == 4
+    with pytest.raises(InputError, match="other settings"):
+        R.run(R.RunSpec(resolve_benchmark(str(bench_json)), out, videos=vids, seed=5, config=cfg), progress=False)
+    foreign = tmp / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not made by"):
+        R.run(R.RunSpec(resolve_benchmark(str(bench_json)), foreign, videos=vids), progress=False)
+    with pytest.raises(InputError, match="exactly one"):
+        R.run(R.RunSpec(resolve_benchmark(str(bench_json)), tmp / "x"), progress=False)
+
+
+# ---------------------------------------------------------------------- --model mode, interrupted
+def test_model_mode_generates_once_and_survives_an_interrupt(pipe_dir, tmp_path, monkeypatch):
+    import idcrafter.generation as G
+    from idcrafter.eval import benchmark as B
+
+    seen = []
+
+    def flaky(frames, case):
+        seen.append(case.key)
+        if case.key == "heldout_0001" and seen.count("heldout_0001") == 1:
+            raise KeyboardInterrupt  # the user stops the run while case 1 is being scored
+        return {"mean_pixel": float(frames.mean())}
+
+    monkeypatch.setattr(B.Benchmark, "suite", lambda self, cfg: Suite([Metric("mean_pixel", flaky)]))
+    generated = []
+    real_batch = G.generate_batch
+    monkeypatch.setattr(G, "generate_batch", lambda p, cases, s, *a: generated.extend(c.key for c in cases)
+                        or real_batch(p, cases, s, *a))
+    bench = resolve_benchmark("sprites-heldout", world=dict(frames=3, height=48, width=48, ref_size=32))
+    spec = R.RunSpec(bench, tmp_path / "run", model=pipe_dir, cases=3, seed=1, settings=GenerationSettings(steps=2))
+    with pytest.raises(KeyboardInterrupt):
+        R.run(spec, progress=False)
+    assert generated == ["heldout_0000", "heldout_0001"]
+    assert (spec.out / "cases" / "heldout_0000.json").is_file()
+    assert (spec.out / "videos" / "heldout_0001.mp4").is_file()
+    assert not (spec.out / "cases" / "heldout_0001.json").exists()
+    generated.clear()
+    res = R.run(spec, progress=False)
+    assert generated == ["heldout_0002"]  # case 0 skipped, case 1 scored from its mp4, only case 2 generated
+    assert res["cases_done"] == 3 and [c["subjects"] for c in res["cases"]] == [1, 2, 3]
+    assert all(c["metrics"]["mean_pixel"] > 0 for c in res["cases"])
+    # another model's view: export the inputs, "generate" (here: copy our clips), score with --videos
+    from idcrafter.eval.benchmark import export_inputs
+    from idcrafter.eval.opens2v import load_benchmark
+
+    index = export_inputs(bench.cases(3, seed=1), tmp_path / "inputs")
+    loaded = load_benchmark(index)
+    assert [c.key for c in loaded] == ["heldout_0000", "heldout_0001", "heldout_0002"]
+    assert all((tmp_path / "inputs" / p).is_file() for c in loaded for p in c.img_paths)
+    other = R.run(R.RunSpec(bench, tmp_path / "scored", videos=spec.out / "videos", cases=3, seed=1), progress=False)
+    assert [c["metrics"] for c in other["cases"]] == [c["metrics"] for c in res["cases"]]
+
+
+def test_sprites_suite_scores_with_judge_audit_and_truth(tmp_path):
+    from idcrafter.eval.suite import sprites_suite
+
+    bench = resolve_benchmark("sprites-heldout")
+    case = bench.cases(2, seed=3)[1]
+    suite = sprites_suite(EvalConfig())
+    assert not suite.missing, suite.missing
+    out = {}
+    for m in suite.metrics:
+        out.update(m.fn(case.ground_truth, case))
+    assert out["judge/total"] == pytest.approx(out["truth/total"])  # the truth scored as a generated clip
+    assert 0 <= out["audit/attr_acc_mean"] <= 1 and "audit/total" in out
+
+
+# ---------------------------------------------------------------------- compare and the CLI
+def test_compare_table_with_deltas(tmp_path):
+    from idcrafter.eval.compare import compare_markdown, load_results
+
+    for name, face, leak in (("ours", 0.6, 0.1), ("peer", 0.5, 0.2)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({
+            "benchmark": {"name": "b"}, "identity": {"cases": 4, "seed": 0}, "cases_done": 4, "cases_total": 4,
+            "averages": {"judge/face_sim_mean": face, "judge/leakage": leak}}))
+    runs = [load_results(tmp_path / n) for n in ("ours", "peer")]
+    md = compare_markdown([tmp_path / "ours", tmp_path / "peer"], runs)
+    assert "| judge/face_sim_mean | 0.6000 | 0.5000 (-0.1000 worse) |" in md
+    assert "| judge/leakage | 0.1000 | 0.2000 (+0.1000 worse) |" in md and "Warning" not in md
+    with pytest.raises(InputError, match="no results.json"):
+        load_results(tmp_path)
+
+
+def test_cli_eval_help_errors_and_compare(opens2v, tmp_path):
+    bench_json, vids, tmp = opens2v
+    res = cli("eval")
+    assert res.returncode == 0 and "--benchmark" in res.stdout and "heldout" in res.stdout
+    res = cli("eval", "--benchmark", str(tmp / "nope.txt"), "--videos", str(vids), "--out", str(tmp / "o"))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown benchmark" in res.stderr
+    small = bench_json.with_name("Small.json")  # one good clip, one corrupt: the CLI's whole path, quickly
+    full = json.loads(bench_json.read_text())
+    small.write_text(json.dumps({k: full[k] for k in ("singleobj_1", "humanobj_1")}))
+    res = cli("eval", "--benchmark", str(small), "--videos", str(vids), "--out", str(tmp / "cli"), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "1 case(s) failed" in res.stderr and (tmp / "cli" / "report.html").is_file()
+    assert "| motion_amplitude |" in res.stdout
+    res = cli("compare", str(tmp / "cli"), str(tmp / "cli"))
+    assert res.returncode == 0 and "motion_amplitude" in res.stdout
+    res = cli("compare", str(tmp_path / "none"))
+    assert res.returncode == 2 and "no results.json" in res.stderr
+
+
+def test_trainer_sample_video_goes_through_the_loop(tmp_path, monkeypatch):
+    import idcrafter.generation as G
+    from idcrafter.config import apply_overrides
+    from idcrafter.recipes import recipe
+    from idcrafter.train.sft import run_sft
+
+    calls = []
+    real = G.generate_and_score
+    monkeypatch.setattr(G, "generate_and_score", lambda *a, **k: calls.append(a[1][0].key) or real(*a, **k))
+    cfg = apply_overrides(recipe("debug"), ["train.steps=1", "eval.every=0", "eval.sample_every=1",
+                                            "eval.sample_steps=2", "checkpoint.every=1"])
+    run_sft(cfg, tmp_path / "run")
+    assert calls == ["step_00000001"]
+    assert (tmp_path / "run" / "samples" / "step_00000001.mp4").is_file()
+    assert (tmp_path / "run" / "samples" / "step_00000001_sheet.png").is_file()
