@@ -89,8 +89,8 @@ def test_embedded_reward_model_trains_exports_and_serves_as_a_reward(tmp_path):
     model = load_reward_model(tmp_path / "reward_model")
     p = tr.sets["heldout_ids"][0]
     with torch.no_grad():
-        a = model.score([p.a, p.b], [p.references] * 2)
-        b = tr.rm.eval().score([p.a, p.b], [p.references] * 2)
+        a = model.score([p.a, p.b], [p.references] * 2, [p.prompt] * 2)
+        b = tr.rm.eval().score([p.a, p.b], [p.references] * 2, [p.prompt] * 2)
     assert torch.allclose(a, b, atol=1e-6)
     reward = build_reward(RewardConfig(name="learned", weights={"learned": 1.0}, path=str(tmp_path / "reward_model")))
     out = reward(RewardBatch([p.a, p.b], [p.references] * 2, [p.prompt] * 2))

@@ -125,7 +125,8 @@ def binding(p_wanted: float, geometry: float | None, alive_k: float, coherence_k
     action, with the reference the caption pairs it with: doing it with anyone else fails).
 
         solo action:  identity x alive x coherence x max(rec, geo)     (rec alone for a wave)
-        pair action:  identity x alive x coherence x sqrt(rec x geo)
+        pair action:  identity x alive x coherence x sqrt(rec x geo)   (rec alone when the pair
+                      is not seen together long enough; 0 when the caption's partner is absent)
 
     Both kinds of evidence count only as far as the track moves like a body (`coherence`, via
     `coherence_credit`: a walk made of frames in a random order is no walk), and only as far as
@@ -169,13 +170,15 @@ def solo_geometry(action: str, feet: np.ndarray, heights: np.ndarray, width: int
             "stay": (1 - max(walk_l, walk_r)) * (1 - _ramp(lift, 0.3 * JUMP_FULL, 0.6 * JUMP_FULL))}.get(action)
 
 
-def pair_geometry(action: str, feet_a: np.ndarray, feet_b: np.ndarray, width: int) -> float:
+def pair_geometry(action: str, feet_a: np.ndarray, feet_b: np.ndarray, width: int) -> float | None:
     """Evidence in [0, 1] that two tracks do a pair `action` together, from their stabilised feet
     (T, 2): approach -- both move toward the other (each at least WALK_MIN / 2 of the width) and
-    their distance shrinks; swap -- their left-right order flips and both move that way."""
+    their distance shrinks; swap -- their left-right order flips and both move that way. None
+    when the two are seen together in fewer than half the frames (one hides behind a third
+    subject): the boxes cannot tell then."""
     ok = ~np.isnan(feet_a[:, 0]) & ~np.isnan(feet_b[:, 0])
-    if ok.sum() < 2:
-        return 0.0
+    if ok.sum() < max(2, len(ok) / 2):
+        return None
     a, b = feet_a[ok, 0] / width, feet_b[ok, 0] / width
     side = np.sign(b[0] - a[0]) or 1.0  # +1: b starts right of a
     move_a, move_b = side * (a[-1] - a[0]), -side * (b[-1] - b[0])  # toward the other's start side
@@ -195,6 +198,15 @@ def coherence_credit(coherence: float) -> float:
     >= 0.7 (a jump's raised arms jitter the head box a little), frames shuffled under a walker
     0.1-0.7."""
     return _ramp(coherence, COHERENT_LO, COHERENT_HI)
+
+
+def bound_fidelity(similarity: list[float], binding_k: list[float]) -> float:
+    """Mean over subjects of similarity_k x (0.5 + 0.5 binding_k): identity counted in full for
+    the subject doing what the caption asks of it, half for the same look doing something else
+    (an identity swap keeps every look and exchanges who does what)."""
+    if not similarity:
+        return 0.0
+    return float(np.mean([s * (0.5 + 0.5 * b) for s, b in zip(similarity, binding_k)]))
 
 
 def half_min(values: list[float]) -> float:

@@ -219,6 +219,8 @@ class Judge:
             "subject_sim": float(subj_k.mean()), "leakage": float(leak_k.mean()),
             "motion": float(np.mean([s["motion"] for s in subjects])),
             "action_acc": bind["action_acc"], "binding": bind["binding"],
+            "face_bound": C.bound_fidelity(list(face_k), bind["binding_k"]) if mentions else None,
+            "subject_bound": C.bound_fidelity(list(subj_k), bind["binding_k"]) if mentions else None,
             "quality": sharp * real, "natural": plaus.natural,
             "copy_paste": float(np.mean(cp)), "copy_paste_max": float(max(cp)),
         }
@@ -300,14 +302,15 @@ class Judge:
             if pair:
                 mate = match[partner[r]] if partner[r] >= 0 else -1
                 geo = C.pair_geometry(wanted[r], over_time["feet"][j], over_time["feet"][mate], width) \
-                    if mate >= 0 else 0.0
+                    if mate >= 0 else 0.0  # the partner the caption names is nowhere: nothing done together
             else:
                 geo = C.solo_geometry(wanted[r], over_time["feet"][j], boxes[j][:, 3] - boxes[j][:, 1], width)
             b = C.binding(p, geo, subjects[r]["alive"], over_time["coherence"][j], pair, subjects[r]["identity"])
             per.append({"action": seen[r], "wanted_action": wanted[r], "p_wanted": p, "geometry": geo, "binding": b})
             bind.append(b)
         hits = [seen[r] is not None and seen[r] == wanted[r] for r in range(k)]
-        return {"action_acc": float(np.mean(hits)), "binding": C.half_min(bind), "per_subject": per}
+        return {"action_acc": float(np.mean(hits)), "binding": C.half_min(bind), "binding_k": bind,
+                "per_subject": per}
 
     def _attributes(self, ref: dict, emb: dict, match: list[int], ref_attributes, subjects: list[dict]) -> dict:
         """Audit: each matched subject's nine attributes read from its track vs the reference's."""

@@ -75,8 +75,10 @@ class TotalWeights:
     Nexus .20, Natural .24): quality <- Aes, motion <- MS + MA, face_sim_mean <- FaceSim,
     subject_sim <- GME, prompt adherence (binding, 1 - leakage) <- Nexus, natural <- Natural;
     judge v2 moves weight to `binding` (each subject doing what the caption asks of *it*: the
-    only channel an identity swap changes, so it must be able to cost a swapped clip 0.3) and
-    adds the penalty (OpenS2V has no copy-paste term; a pasted, frozen reference otherwise
+    only channel an identity swap changes, so it must be able to cost a swapped clip 0.3), and
+    with a prompt counts identity as `face_bound` / `subject_bound` (each subject's similarity x
+    (0.5 + 0.5 its binding), `channels.bound_fidelity`) in place of face_sim_mean / subject_sim;
+    it adds the penalty (OpenS2V has no copy-paste term; a pasted, frozen reference otherwise
     scores near a perfect video). The weights are set so that the adversarial validation
     (`adversarial.py`) meets its targets; the README has the table. Without a prompt
     (`binding` None or absent) the binding term is dropped and the others are renormalised.
@@ -100,6 +102,8 @@ class TotalWeights:
             w.pop("binding")
         else:
             parts["binding"] = m["binding"]
+            parts["face_sim_mean"] = m.get("face_bound", m["face_sim_mean"])
+            parts["subject_sim"] = m.get("subject_bound", m["subject_sim"])
         base = sum(w[k] * float(np.clip(v, 0, 1)) for k, v in parts.items()) / sum(w.values())
         return float(np.clip(base - penalty, 0, 1))
 

@@ -13,14 +13,17 @@ Two backbones behind one interface (`score(videos, references, prompts) -> (B,)`
   language model's attention projections and the head train, everything else is frozen. Images
   are prepared and expanded into placeholder tokens exactly as `encoders.vlm.VLMGrounder` does
   (no torchvision). Tested on a tiny random Qwen2.5-VL (DESIGN.md section 7).
-- `SpriteRewardModel` (the embedded default, CPU size): the shipped judge's frozen detector and
-  face / subject embedders play the pretrained vision tower; each reference and each subject
-  detected in each sampled frame becomes a token (embeddings + box geometry + a frame or slot
-  embedding), a small transformer reads them and a `<reward>` token, a linear head gives the
-  scalar. Features are computed once per clip (frozen), so training runs on a CPU in minutes.
+- `SpriteRewardModel` (the embedded default, CPU size): the shipped judge plays the pretrained
+  vision tower: its frozen detector and face / subject embedders turn each reference and each
+  subject detected in each sampled frame into a token (embeddings, box, score, a slot or frame
+  embedding, and the detection's cosines to every reference), and its clip-level readings
+  (`SUMMARY_METRICS` + plausibility checks, given the prompt) into a summary token; a small
+  transformer reads them with a `<reward>` token and a linear head gives the scalar. Features are
+  computed once per clip (frozen), so training runs on a CPU.
 
-Departure from Identity-GRPO: the embedded model has no language input (SpriteWorld's identity
-preferences do not depend on the prompt); the Qwen path reads the prompt as the paper's does.
+Departure from Identity-GRPO: the embedded model reads the prompt only through the judge's
+summary (who should do what: action accuracy and binding), not as text; a swap of identities
+between subjects is invisible without it. The Qwen path reads the prompt as the paper's does.
 """
 
 from __future__ import annotations
@@ -47,19 +50,41 @@ def sample_frames(video: np.ndarray, n: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ embedded: judge features + transformer
+# the judge's readings that enter the summary token (a missing or undefined one reads 0.5)
+SUMMARY_METRICS = ("face_sim_mean", "face_sim_min", "subject_sim", "leakage", "motion", "action_acc", "binding",
+                   "quality", "natural", "copy_paste")
+SUMMARY_CHECKS = ("count", "present", "no_duplicates", "coherent", "no_morphing", "steady_light", "alive", "lifelike")
+
+
 @dataclass
 class SpriteFeatures:
     """Frozen features of B clips. refs (B, K, D) with ref_mask (B, K); dets (B, N, M, D + 5) with
-    det_mask (B, N, M): N sampled frames, M detections each (face + subject embedding, box, score)."""
+    det_mask (B, N, M): N sampled frames, M detections each (face + subject embedding, box, score);
+    summary (B, S): the judge's clip-level readings (`SUMMARY_METRICS`, `SUMMARY_CHECKS`), which
+    carry what only the prompt tells (who should do what: `action_acc`, `binding`)."""
 
     refs: torch.Tensor
     ref_mask: torch.Tensor
     dets: torch.Tensor
     det_mask: torch.Tensor
+    summary: torch.Tensor
 
     def select(self, rows: Sequence[int]) -> "SpriteFeatures":
         i = torch.as_tensor(list(rows), dtype=torch.long)
-        return SpriteFeatures(self.refs[i], self.ref_mask[i], self.dets[i], self.det_mask[i])
+        return SpriteFeatures(self.refs[i], self.ref_mask[i], self.dets[i], self.det_mask[i], self.summary[i])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"refs": self.refs, "ref_mask": self.ref_mask, "dets": self.dets, "det_mask": self.det_mask,
+                "summary": self.summary}
+
+
+def judge_summary(report) -> list[float]:
+    """The summary vector of one judge report (`SpriteFeatures.summary`)."""
+    def val(d: dict, k: str) -> float:
+        v = d.get(k)
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(float(v)) else 0.5
+
+    return [val(report.metrics, k) for k in SUMMARY_METRICS] + [val(report.plausibility, k) for k in SUMMARY_CHECKS]
 
 
 class SpriteFeaturizer:
@@ -74,7 +99,8 @@ class SpriteFeaturizer:
         self.dim = self.judge.face.dim + self.judge.subject.dim
 
     @torch.no_grad()
-    def __call__(self, videos: Sequence[np.ndarray], references: Sequence[Sequence[np.ndarray]]) -> SpriteFeatures:
+    def __call__(self, videos: Sequence[np.ndarray], references: Sequence[Sequence[np.ndarray]],
+                 prompts: Sequence[str | None] | None = None) -> SpriteFeatures:
         from idcrafter.judge.crops import body_crop, head_crop
         from idcrafter.judge.judge import check_video
 
@@ -84,6 +110,8 @@ class SpriteFeaturizer:
         ref_mask = torch.zeros(b, self.max_refs, dtype=torch.bool)
         dets = torch.zeros(b, n, m, d + 5)
         det_mask = torch.zeros(b, n, m, dtype=torch.bool)
+        summary = torch.zeros(b, len(SUMMARY_METRICS) + len(SUMMARY_CHECKS))
+        prompts = list(prompts) if prompts is not None else [None] * b
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the judge's nets are tiny: one thread is fastest (judge.score)
         try:
@@ -93,7 +121,12 @@ class SpriteFeaturizer:
                 enc = j.encode_references(list(rr))
                 refs[i, : len(rr)] = torch.from_numpy(np.concatenate([enc["face"], enc["subject"]], 1))
                 ref_mask[i, : len(rr)] = True
-                frames = sample_frames(check_video(np.asarray(video), j.size), n)
+                clip = check_video(np.asarray(video), j.size)
+                try:
+                    summary[i] = torch.tensor(judge_summary(j.score(clip, list(rr), prompts[i])))
+                except InputError:  # e.g. a prompt naming other subjects: the summary stays unknown
+                    summary[i] = 0.5
+                frames = sample_frames(clip, n)
                 h, w = frames.shape[1:3]
                 for t, (frame, found) in enumerate(zip(frames, j.detector.detect_video(frames))):
                     found = sorted(found, key=lambda x: -x.score)[:m]
@@ -106,17 +139,23 @@ class SpriteFeaturizer:
                     det_mask[i, t, : len(found)] = True
         finally:
             torch.set_num_threads(threads)
-        return SpriteFeatures(refs, ref_mask, dets, det_mask)
+        return SpriteFeatures(refs, ref_mask, dets, det_mask, summary)
 
 
 class SpriteRewardHead(nn.Module):
-    """Tokens of references and detections + a reward token -> transformer -> scalar."""
+    """Tokens of references, detections and the judge summary + a reward token -> transformer ->
+    scalar. Each detection token also gets its cosines to every reference (face and subject
+    embeddings, computed here from the frozen features), the identity-agnostic comparison that
+    lets the head generalise to identities it never saw."""
 
     def __init__(self, feat_dim: int, dim: int = 64, layers: int = 2, heads: int = 4, frames: int = 5,
-                 max_refs: int = 4):
+                 max_refs: int = 4, face_dim: int | None = None, summary_dim: int = 18):
         super().__init__()
+        self.face_dim = feat_dim // 2 if face_dim is None else face_dim
+        self.max_refs = max_refs
         self.ref_in = nn.Linear(feat_dim, dim)
-        self.det_in = nn.Linear(feat_dim + 5, dim)
+        self.det_in = nn.Linear(feat_dim + 5 + 2 * max_refs, dim)
+        self.summary_in = nn.Linear(summary_dim, dim)
         self.slot = nn.Parameter(torch.randn(max_refs, dim) * 0.02)  # which reference
         self.time = nn.Parameter(torch.randn(frames, dim) * 0.02)  # which sampled frame
         self.reward_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
@@ -125,13 +164,28 @@ class SpriteRewardHead(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, 1)
 
+    def similarities(self, f: SpriteFeatures) -> torch.Tensor:
+        """(B, N, M, 2 max_refs): cosines of each detection's face / subject embedding to each
+        reference's (0 for absent references); embeddings are unit vectors."""
+        fd = self.face_dim
+        d_face, d_subj = f.dets[..., :fd], f.dets[..., fd:f.refs.shape[-1]]
+        r_face, r_subj = f.refs[..., :fd], f.refs[..., fd:]
+        sf = torch.einsum("bnmd,bkd->bnmk", d_face, r_face)
+        ss = torch.einsum("bnmd,bkd->bnmk", d_subj, r_subj)
+        keep = f.ref_mask[:, None, None, :].to(sf.dtype)
+        pad = sf.new_zeros(*sf.shape[:3], self.max_refs - f.refs.shape[1])
+        sims = torch.cat([sf * keep, pad, ss * keep, pad], -1)  # (B, N, M, 2 max_refs)
+        return sims * f.det_mask[..., None].to(sims.dtype)
+
     def forward(self, f: SpriteFeatures) -> torch.Tensor:
         b, k = f.ref_mask.shape
         n, m = f.det_mask.shape[1:]
         refs = self.ref_in(f.refs) + self.slot[:k]  # (B, K, dim)
-        dets = (self.det_in(f.dets) + self.time[:n, None]).flatten(1, 2)  # (B, N*M, dim)
-        tokens = torch.cat([self.reward_token.expand(b, -1, -1), refs, dets], 1)
-        mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=refs.device), f.ref_mask,
+        det_in = torch.cat([f.dets, self.similarities(f)], -1)
+        dets = (self.det_in(det_in) + self.time[:n, None]).flatten(1, 2)  # (B, N*M, dim)
+        summary = self.summary_in(f.summary)[:, None]  # (B, 1, dim)
+        tokens = torch.cat([self.reward_token.expand(b, -1, -1), summary, refs, dets], 1)
+        mask = torch.cat([torch.ones(b, 2, dtype=torch.bool, device=refs.device), f.ref_mask,
                           f.det_mask.flatten(1)], 1)
         out = self.encoder(tokens, src_key_padding_mask=~mask)
         return self.head(self.norm(out[:, 0])).squeeze(-1)  # (B,)
@@ -148,17 +202,19 @@ class SpriteRewardModel(nn.Module):
         self.config = dict(backbone="sprites", frames=frames, dim=dim, layers=layers, heads=heads,
                            judge_folder=judge_folder)
         self.featurizer = SpriteFeaturizer(judge_folder, frames)
-        self.head = SpriteRewardHead(self.featurizer.dim, dim, layers, heads, frames)
+        self.head = SpriteRewardHead(self.featurizer.dim, dim, layers, heads, frames,
+                                     face_dim=self.featurizer.judge.face.dim,
+                                     summary_dim=len(SUMMARY_METRICS) + len(SUMMARY_CHECKS))
 
-    def features(self, videos, references) -> SpriteFeatures:
-        return self.featurizer(videos, references)
+    def features(self, videos, references, prompts=None) -> SpriteFeatures:
+        return self.featurizer(videos, references, prompts)
 
     def score_features(self, f: SpriteFeatures) -> torch.Tensor:
         return self.head(f)
 
     def score(self, videos: Sequence[np.ndarray], references: Sequence[Sequence[np.ndarray]],
               prompts: Sequence[str | None] | None = None) -> torch.Tensor:
-        return self.head(self.features(videos, references))
+        return self.head(self.features(videos, references, prompts))
 
     def trainable(self) -> dict[str, nn.Parameter]:
         return {f"head.{n}": p for n, p in self.head.named_parameters()}

@@ -145,8 +145,9 @@ class RewardModelTrainer(Engine):
         """Frozen features (embedded backbone) of both clips of every pair, else None."""
         if self.cfg.model.backbone != "sprites":
             return None
-        refs = [p.references for p in pairs]
-        return self.rm.features([p.a for p in pairs], refs), self.rm.features([p.b for p in pairs], refs)
+        refs, prompts = [p.references for p in pairs], [p.prompt for p in pairs]
+        return (self.rm.features([p.a for p in pairs], refs, prompts),
+                self.rm.features([p.b for p in pairs], refs, prompts))
 
     def _scores(self, name: str, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [self.sets[name][i] for i in rows]
