@@ -3,7 +3,7 @@ then the reward ablations; every arm evaluated on held-out casts by judge v2 and
 
     .venv/bin/python scripts/rl_experiment.py --generator assets/checkpoints/sprites-sft --out runs/rl-exp \
         [--iterations 300] [--arms sft,dpo,grpo,grpo_learned,nft,no_fid,no_qual,no_nat,mean_face] \
-        [--reward-model runs/rm-sprites/reward_model] [--eval-n 32] [--threads 1]
+        [--reward-model runs/rm-sprites/reward_model] [--eval-n 32] [--threads 1] [--set monitor.every=0 ...]
 
 Every arm is an `idcrafter train ...` run in `<out>/<arm>` started from `--generator` (resumed when
 its folder already holds a run, so the script can be stopped and restarted), with the `sprites`
@@ -56,7 +56,7 @@ def train_arm(arm: str, args, reward_model: Path | None) -> Path | None:
         return None
     run_dir = args.out / arm
     overrides = [f"model.init_pipeline={args.generator}", f"train.steps={args.iterations}",
-                 f"train.threads={args.threads}", "log.progress=false", *extra]
+                 f"train.threads={args.threads}", "log.progress=false", *extra, *args.set]
     if trainer == "dpo":
         overrides.append(f"dpo.pair_iterations={args.iterations}")
     if arm == "grpo_learned":
@@ -134,6 +134,11 @@ def time_to_reach(points: list[tuple[float, float]], target: float, smooth: int 
     return None
 
 
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--generator", type=Path, required=True, help="the SFT generator pipeline folder")
@@ -143,13 +148,15 @@ def main() -> None:
     ap.add_argument("--reward-model", default=None)
     ap.add_argument("--eval-n", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override for every arm (e.g. monitor.every=0 until the audit judge ships)")
     args = ap.parse_args()
     if not (args.generator / "model_index.json").is_file():
-        sys.exit(f"error: {args.generator} is not a pipeline folder (no model_index.json)")
+        fail(f"{args.generator} is not a pipeline folder (no model_index.json): pass --generator DIR")
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
-        sys.exit(f"error: unknown arms {unknown}; choose from {', '.join(ARMS)}")
+        fail(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     reward_model = ensure_reward_model(args) if "grpo_learned" in arms else None
     results, curves = {}, {}
@@ -178,6 +185,9 @@ def write_report(out: Path, results: dict, curves: dict, summary: dict) -> None:
     lines += ["", *(f"- {k}: {v:.3f}" for k, v in summary.items())]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps({"results": results, "curves": curves, "summary": summary}, indent=1))
+    print((out / "results.md").read_text())
+    if not any(curves.values()):
+        return
     try:
         import matplotlib
 
@@ -195,7 +205,6 @@ def write_report(out: Path, results: dict, curves: dict, summary: dict) -> None:
         fig.savefig(out / "curves.png", dpi=120)
     except ImportError:
         pass
-    print((out / "results.md").read_text())
 
 
 if __name__ == "__main__":

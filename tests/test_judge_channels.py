@@ -119,6 +119,13 @@ def test_path_coherence_tells_a_walk_from_a_shuffle():
     shuffled = walk[[0, 6, 2, 8, 1, 5, 3, 7, 4]]
     assert TM.path_coherence(walk, h) == 1.0 and TM.path_coherence(stand, h) == 1.0
     assert TM.path_coherence(shuffled, h) < 0.3
+    u = np.linspace(0, 1, 9)
+    jump = np.stack([np.full(9, 20.0), 40 - 24 * 0.22 * 4 * u * (1 - u)], 1)  # up once, down once
+    assert TM.bounce_coherence(jump[:, 1], h) == 1.0
+    assert TM.bounce_coherence(jump[[0, 4, 1, 7, 2, 5, 8, 3, 6], 1], h) == 0.0
+    paused = np.array([45.1, 41, 41, 45.1, 42.4, 42.4, 39.4, 38.5, 39.5])  # up, pause, down, pause, up
+    assert TM.bounce_coherence(paused, h) == 0.5
+    assert TM.bounce_coherence(40 + 0.4 * np.sin(np.arange(9.0)), h) == 1.0  # a walking bob
 
 
 # ----------------------------------------------------------------------------- channels
@@ -185,6 +192,11 @@ def test_binding_by_hand():
     assert C.identity_credit(0.5, 0.4) == pytest.approx(0.5)
 
 
+def test_bound_fidelity_halves_the_identity_of_a_subject_doing_something_else():
+    assert C.bound_fidelity([0.8, 0.6], [1.0, 0.0]) == pytest.approx((0.8 + 0.3) / 2)
+    assert C.bound_fidelity([], []) == 0.0
+
+
 def test_plausibility_checks_by_hand():
     assert C.count_check(2, 2) == 1.0 and C.count_check(3, 2) == 0.5 and C.count_check(0, 3) == 0.0
     assert C.count_check(1, 0) == 0.0
@@ -206,9 +218,10 @@ def test_plausibility_checks_by_hand():
     assert C.morph_check([np.stack([e[0]] * 6)]) == 1.0
     assert C.morph_check([np.stack([e[0]] * 3 + [e[1]] * 3)]) == 0.0 and C.morph_check([]) == 0.0
     assert C.light_check(0.0) == 1.0 and C.light_check(C.FLICKER_FULL / 2) == pytest.approx(0.5)
-    assert C.lifelike_check([0.9, 0.5], [1, -1]) == pytest.approx(0.25) and C.lifelike_check([], []) == 0.0
+    assert C.lifelike_check([0.9, 0.425], [1, -1]) == pytest.approx(0.25) and C.lifelike_check([], []) == 0.0
+    assert C.lifelike_check([0.1, 0.9], [0, 1]) == pytest.approx(0.5)
     p = C.Plausibility(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0)
-    assert p.natural == pytest.approx(0.5 * 7 / 8)  # one failed check costs half the channel
+    assert p.natural == pytest.approx(0.4 * 7 / 8)  # one failed check costs 0.6 of the channel
     assert C.half_min([1.0, 0.5]) == pytest.approx(0.625) and C.half_min([]) == 0.0
 
 

@@ -48,6 +48,14 @@ def test_total_is_a_weighted_mean_minus_the_copy_paste_penalty_by_hand():
     assert w.total(m) == pytest.approx(by_hand)
 
 
+def test_total_counts_identity_bound_to_the_caption_when_there_is_a_prompt():
+    w = M.TotalWeights()
+    bound = {**FULL, "face_bound": 0.5, "subject_bound": 0.25}
+    assert w.total(bound) == pytest.approx(1 - 0.14 * 0.5 - 0.06 * 0.75)
+    free = {**bound, "binding": None}  # without a prompt nothing is bound: the raw similarities count
+    assert w.total(free) == pytest.approx(1.0)
+
+
 def test_total_without_a_prompt_renormalises_and_clips_at_zero():
     w = M.TotalWeights()
     free = {**FULL, "binding": None, "quality": 0.0}

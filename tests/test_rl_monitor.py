@@ -76,3 +76,11 @@ def test_monitor_state_survives_resume(tmp_path):
     again = GRPOTrainer(cfg, tmp_path, resume=True)
     again.setup()
     assert again.monitor.steps == [1, 2] and len(again.monitor.audits) == 2
+
+
+def test_a_missing_audit_scorer_fails_at_set_up_not_mid_run(tmp_path):
+    from idcrafter.errors import InputError
+
+    cfg = apply_overrides(rl_recipe("grpo", "debug"), ["monitor.every=1", "monitor.scorer=nope"])
+    with pytest.raises(InputError, match="monitor.every=0"):
+        GRPOTrainer(cfg, tmp_path).setup()

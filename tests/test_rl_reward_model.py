@@ -195,3 +195,24 @@ def test_dpo_starts_at_log2_and_learns_its_pairs(tmp_path):
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6) and rows[0]["implicit_acc"] == 0.0
     assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["implicit_acc"] > 0.5
     assert rows[0]["pairs"] >= 1 and (tr.pairs.reward_w > tr.pairs.reward_l).all()
+
+
+def test_reward_model_trains_on_generator_pairs_ranked_by_a_judge(tmp_path):
+    from idcrafter.encoders.text import TextEncoder
+    from idcrafter.models.codecs import PixelCodec
+    from idcrafter.pipeline import build_pipeline
+    from idcrafter.rl.reward_training import RewardModelTrainer
+
+    torch.manual_seed(0)
+    pipe = build_pipeline("debug", PixelCodec(3, 2), TextEncoder.tiny(32, max_length=64), default_frames=3,
+                          default_height=48, default_width=48)
+    pipe.save_pretrained(tmp_path / "gen")
+    cfg = apply_overrides(rl_recipe("reward-model", "debug"), [
+        "pairs.source=generator", f"pairs.path={tmp_path / 'gen'}", "pairs.scorer=sprites", "pairs.train=3",
+        "pairs.frames=3", "pairs.heldout=0", "pairs.tie_margin=0.0", "train.steps=2", "eval_every=0"])
+    tr = RewardModelTrainer(cfg, tmp_path / "run")
+    tr.setup()
+    assert len(tr.sets["train"]) == 3 and {p.kind for p in tr.sets["train"]} == {"generator"}
+    assert all(p.a.shape == (3, 48, 48, 3) for p in tr.sets["train"])
+    tr.train()
+    assert (tmp_path / "run" / "reward_model" / "config.json").is_file()

@@ -295,3 +295,28 @@ def test_shared_noise_and_rank_layout_of_rollouts(tmp_path):
     x0 = torch.cat([r.states[:, 0] for r in tr.runner.run(0)])
     assert not torch.equal(x0[0], x0[1])  # without: every sample its own noise
     tr.close()
+
+
+def test_assign_advantages_follows_the_reward_config():
+    """The trainer's joint of rewards and advantages: weights, aggregation mode, std, drop."""
+    from idcrafter.rl import rollout as R
+    from idcrafter.rl.advantages import combine_advantages
+
+    def fake(samples, groups, a, b):
+        r = R.Rollout(samples=torch.tensor(samples), groups=torch.tensor(groups), prompts=[""] * len(samples),
+                      references=[[]] * len(samples), cond=None, uncond=None, sigmas=torch.zeros(2), sde_steps=[],
+                      window=(0, 0), states=None, log_probs=torch.zeros(len(samples), 0),
+                      latents=torch.zeros(len(samples), 1), videos=None)
+        r.components = {"a": torch.tensor(a), "b": torch.tensor(b)}
+        return r
+
+    cfg = grpo_cfg('reward.weights={"a": 1.0, "b": 0.5}', "reward.aggregation=advantage", "reward.std=global")
+    rollouts = [fake([0, 1], [0, 0], [0.1, 0.9], [5.0, 1.0]), fake([2, 3], [1, 1], [0.3, 0.3], [2.0, 2.0])]
+    metrics = R.assign_advantages(rollouts, cfg, drop_zero_groups=True)
+    comps = {"a": torch.tensor([0.1, 0.9, 0.3, 0.3]), "b": torch.tensor([5.0, 1.0, 2.0, 2.0])}
+    reward, adv = combine_advantages(comps, {"a": 1.0, "b": 0.5}, torch.tensor([0, 0, 1, 1]), "advantage", "global")
+    got = torch.cat([r.advantages for r in rollouts])
+    assert torch.equal(got, adv) and torch.equal(torch.cat([r.reward for r in rollouts]), reward)
+    assert torch.cat([r.keep for r in rollouts]).tolist() == [True, True, False, False]  # group 1 is all equal
+    assert metrics["groups_dropped"] == 1 and metrics["reward/b"] == pytest.approx(2.5)
+    assert metrics["reward"] == pytest.approx(float(reward.mean()))

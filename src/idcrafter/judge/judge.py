@@ -244,8 +244,10 @@ class Judge:
             b = tr.boxes()
             activity.append(TM.step_activity(comp, b))
             anchors = np.array([_anchor(d) if d is not None else [np.nan, np.nan] for d in tr.frames])
-            coherence.append(TM.path_coherence(TM.stabilise(anchors, comp["warps"]), b[:, 3] - b[:, 1]))
             feet.append(TM.stabilise(np.stack([(b[:, 0] + b[:, 2]) / 2, b[:, 3]], 1), comp["warps"]))
+            hgt, head = b[:, 3] - b[:, 1], TM.stabilise(anchors, comp["warps"])
+            # the head, not the feet, for bounces: feet boxes jump when legs pass behind someone
+            coherence.append(min(TM.path_coherence(head, hgt), TM.bounce_coherence(head[:, 1], hgt)))
         shift = float(np.abs(comp["warps"][:, :, 2]).max()) if len(comp["warps"]) else 0.0
         return {"activity": activity, "coherence": coherence, "feet": feet, "flicker": TM.flicker(comp["gains"]),
                 "teleport_ok": C.teleport_free([tr.boxes() for tr in tracks]), "camera_shift_px": shift}

@@ -13,7 +13,8 @@ per-channel gain of the background), then reads what is left:
   articulation: a sliding cut-out has none);
 - `subject_displacement`: per subject, camera-compensated speed of its head, in heights / frame;
 - `flicker`: the light's frame-to-frame change;
-- `path_coherence`: whether a track moves like a body (steady velocity) or jumps back and forth.
+- `path_coherence` / `bounce_coherence`: whether a track moves like a body (steady velocity, a
+  jump that turns once) or jumps back and forth.
 
 ECC (Evangelidis & Psarakis 2008) is invariant to gain and offset, so the camera fit survives the
 brightness jumps of a flickering or shaken clip.
@@ -317,13 +318,14 @@ def stabilise(points: np.ndarray, warps: np.ndarray) -> np.ndarray:
 
 
 def path_coherence(anchors: np.ndarray, heights: np.ndarray, deadzone: float = 0.03) -> float:
-    """How far a track's path is from back-and-forth jumps, in [0, 1] (1 = a body's path).
+    """How far a track's horizontal path is from back-and-forth jumps, in [0, 1] (1 = a body's).
 
     anchors (T, 2) camera-stabilised head centres (NaN where unseen), heights (T,). Horizontal
     velocities are shrunk toward 0 by `deadzone` heights per frame (idle sway, detector jitter);
-    then, with L the path length and R the sum of |v_t - v_{t-1}| over velocity reversals, a
-    body walking or standing moves steadily (R ~ 0) while shuffled frames jump back and forth
-    (R ~ 2 L): score = 1 - clip((R - 0.15 L) / (L + 0.05 n h), 0, 1), n the number of steps.
+    then, with L the path length and R the sum of |v_t - v_{t-1}| over velocity reversals (a
+    pause between two opposite moves still counts), a body walking or standing moves steadily
+    (R ~ 0) while shuffled frames jump back and forth (R ~ 2 L):
+    score = 1 - clip((R - 0.15 L) / (L + 0.05 n h), 0, 1), n the number of steps.
     """
     ok = ~np.isnan(anchors[:, 0])
     x = anchors[ok, 0]
@@ -333,6 +335,26 @@ def path_coherence(anchors: np.ndarray, heights: np.ndarray, deadzone: float = 0
     v = np.diff(x)
     v = np.sign(v) * np.maximum(np.abs(v) - deadzone * h, 0.0)
     length = float(np.abs(v).sum())
-    rev = float(sum(abs(v[i] - v[i - 1]) for i in range(1, len(v)) if v[i] * v[i - 1] < 0))
+    moving = v[v != 0]
+    rev = float(sum(abs(moving[i] - moving[i - 1]) for i in range(1, len(moving)) if moving[i] * moving[i - 1] < 0))
     bad = (rev - 0.15 * length) / (length + 0.05 * len(v) * h)
     return float(1 - np.clip(bad, 0, 1))
+
+
+def bounce_coherence(feet_y: np.ndarray, heights: np.ndarray, significant: float = 0.06) -> float:
+    """Whether a track's vertical path turns at most once (a jump goes up, then down), in [0, 1].
+
+    feet_y (T,) camera-stabilised heights of a point of the body (the judge uses the head's
+    centre; NaN where unseen). Vertical moves smaller than
+    `significant` heights per frame are ignored (walking bob, detector jitter); every reversal of
+    direction beyond the first costs 0.5 (frames of a jump in a random order bounce up and down).
+    """
+    ok = ~np.isnan(feet_y)
+    y = feet_y[ok]
+    if len(y) < 3:
+        return 1.0
+    h = max(float(np.nanmedian(heights)), 1.0)
+    v = np.diff(y)
+    moving = v[np.abs(v) > significant * h]
+    turns = int(np.sum(moving[1:] * moving[:-1] < 0))
+    return float(np.clip(1 - 0.5 * max(turns - 1, 0), 0, 1))

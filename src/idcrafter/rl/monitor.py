@@ -73,6 +73,16 @@ class HackingMonitor:
             self._scorer = build_scorer(self.mcfg.scorer, self.mcfg.scorer_path)
         return self._scorer
 
+    def check_scorer(self) -> None:
+        """Build the scorer now; a missing one is an `InputError` saying what to set instead."""
+        from idcrafter.errors import InputError
+
+        try:
+            self.scorer
+        except InputError as exc:
+            raise type(exc)(f"hacking monitor: {exc} (or set monitor.scorer to another scorer, or "
+                            f"monitor.every=0 to run without the monitor)") from exc
+
     def _cases(self) -> list:
         """The fixed held-out cases: positions 0 .. n-1 of (monitor.split, monitor.seed)."""
         if self.cases is None:

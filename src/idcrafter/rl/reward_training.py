@@ -2,9 +2,9 @@
 reward model (`rl.reward_model`) on preference pairs, on the shared engine.
 
 Pairs (`pairs.source`): "synthetic" (`rl.distortions.synthetic_pairs`: train identities, the
-distortion kinds `pairs.kinds`), or "file" (a pair file, format in `rl.distortions`), or
-"generator" (samples of a generator ranked by a judge: `rl.pairs.generator_pairs`, written to a
-pair file first by `scripts/rl_experiment.py`). One step: `pairs.batch_size` pairs drawn with a
+distortion kinds `pairs.kinds`), "file" (a pair file, format in `rl.distortions`), or
+"generator" (two samples per train cast of the pipeline in `pairs.path`, ranked by
+`pairs.scorer` -- the audit judge by default -- on `pairs.metric`: `rl.pairs.generator_pairs`). One step: `pairs.batch_size` pairs drawn with a
 generator seeded by (seed, step), BTT loss (k = `model.ties_k`) on the two clips' scores.
 
 Evaluation (every `eval_every` steps and at the end, written to `<run>/eval.json` and the log):
@@ -63,8 +63,11 @@ class RMModelConfig:
 
 @dataclass
 class PairsConfig:
-    source: str = "synthetic"  # "synthetic" or "file"
-    path: str | None = None  # the training pair file (source=file)
+    source: str = "synthetic"  # "synthetic", "file" or "generator"
+    path: str | None = None  # the training pair file (source=file) or the generator pipeline folder (generator)
+    scorer: str = "sprites-audit"  # generator: the judge that ranks the two samples of a case
+    metric: str = "face_sim_mean"  # generator: the judge metric that decides (higher is better)
+    tie_margin: float = 0.02  # generator: closer scores are a tie
     heldout_path: str | None = None  # optional pair file evaluated as well (acc/file)
     train: int = 2000
     heldout: int = 300
@@ -78,10 +81,10 @@ class PairsConfig:
     batch_size: int = 32
 
     def validate(self) -> None:
-        if self.source not in ("synthetic", "file"):
-            raise InputError(f"pairs.source must be synthetic or file, got {self.source!r}")
-        if self.source == "file" and not self.path:
-            raise InputError("pairs.source=file needs pairs.path (a pair file)")
+        if self.source not in ("synthetic", "file", "generator"):
+            raise InputError(f"pairs.source must be synthetic, file or generator, got {self.source!r}")
+        if self.source in ("file", "generator") and not self.path:
+            raise InputError(f"pairs.source={self.source} needs pairs.path (a pair file, or a generator pipeline folder)")
         bad = [k for k in (*self.kinds, self.heldout_kind) if k not in KINDS]
         if bad:
             raise InputError(f"unknown distortion kinds {bad}; choose from {', '.join(KINDS)}")
@@ -128,6 +131,8 @@ class RewardModelTrainer(Engine):
         common = dict(frames=pc.frames, size=pc.size, ref_size=pc.ref_size, tie_fraction=pc.tie_fraction)
         if pc.source == "synthetic":
             train = synthetic_pairs(pc.train, pc.seed, "train", pc.kinds, **common)
+        elif pc.source == "generator":
+            train = self._generator_pairs()
         else:
             train = read_pairs(pc.path, pc.ref_size)
         self.sets: dict[str, list[Pair]] = {"train": train}
@@ -137,9 +142,56 @@ class RewardModelTrainer(Engine):
                                                         **{**common, "tie_fraction": 0.0})
         if pc.heldout_path:
             self.sets["file"] = read_pairs(pc.heldout_path, pc.ref_size)
-        self.features = {name: self._featurise(pairs) for name, pairs in self.sets.items()}
+        self.features = {name: self._cached_features(name, pairs) for name, pairs in self.sets.items()}
         resumed = self.maybe_resume()
         self.finish_setup(resumed)
+
+    def _generator_pairs(self) -> list[Pair]:
+        """`pairs.train` train-split casts, each generated twice by the pipeline in `pairs.path`
+        and ranked by `pairs.scorer` on `pairs.metric` (`rl.pairs.generator_pairs`)."""
+        from idcrafter.generation import Case
+        from idcrafter.pipeline import IDCrafterPipeline
+        from idcrafter.rl.pairs import generator_pairs
+        from idcrafter.scorers import build_scorer
+        from idcrafter.world.dataset import make_example
+        from idcrafter.world.scene import WorldConfig
+
+        pc = self.cfg.pairs
+        pipe = IDCrafterPipeline.from_pretrained(pc.path)
+        pipe.set_progress_bar_config(disable=True)
+        world = WorldConfig(frames=pc.frames, height=pc.size, width=pc.size, ref_size=pc.ref_size)
+        cases = []
+        for i in range(pc.train):
+            ex = make_example(pc.seed, i, "train", world)
+            cases.append(Case(key=f"train/{pc.seed}/{i}", prompt=ex.caption, references=list(ex.refs), seed=i,
+                              size=(pc.frames, pc.size, pc.size)))
+        pairs = generator_pairs(pipe, cases, build_scorer(pc.scorer), pc.metric, tie_margin=pc.tie_margin)
+        if not pairs:
+            raise InputError(f"no pair could be made from {pc.path}: every case failed to generate or score")
+        return pairs
+
+    def _cached_features(self, name: str, pairs: list[Pair]):
+        """`_featurise`, kept in `<run>/features/<name>.safetensors` (a pure function of the pairs and
+        the frozen judge, so a resumed run reads it back instead of recomputing it)."""
+        from idcrafter.rl.reward_model import SpriteFeatures
+        from idcrafter.train import checkpoint as ckpt
+
+        if self.cfg.model.backbone != "sprites":
+            return None
+        path = self.run_dir / "features" / f"{name}.safetensors"
+        if self.resume and path.is_file():
+            t = ckpt.load_tensors(path)
+            if int(t["a.refs"].shape[0]) == len(pairs):
+                return tuple(SpriteFeatures(**{k: t[f"{side}.{k}"] for k in ("refs", "ref_mask", "dets", "det_mask",
+                                                                              "summary")}) for side in ("a", "b"))
+        feats = self._featurise(pairs)
+        if self.is_main:
+            from idcrafter.utils.io import ensure_dir
+
+            ensure_dir(path.parent)
+            ckpt.save_tensors(path, {f"{side}.{k}": v for side, f in zip(("a", "b"), feats)
+                                     for k, v in f.tensors().items()})
+        return feats
 
     def _featurise(self, pairs: list[Pair]):
         """Frozen features (embedded backbone) of both clips of every pair, else None."""

@@ -48,6 +48,7 @@ class RLTrainer(Engine):
         from idcrafter.rl.rewards import build_reward
 
         self.begin_setup()
+        self._refuse_sharding()
         cfg = self.cfg
         pipe = cfg.model.build()
         trainable = rl_trainable(pipe.transformer, cfg.train)
@@ -61,10 +62,24 @@ class RLTrainer(Engine):
             from idcrafter.rl.monitor import HackingMonitor
 
             self.monitor = HackingMonitor(cfg.monitor, cfg, self.run_dir, self.is_main)
+            if self.is_main:
+                self.monitor.check_scorer()  # a missing audit judge fails now, not hours into the run
         self.setup_policy()
         self.last_rollouts: list[R.Rollout] = []
         resumed = self.maybe_resume()
         self.finish_setup(resumed)
+
+    def _refuse_sharding(self) -> None:
+        """The RL update is data parallel with an explicit all-reduce; an FSDP or DeepSpeed launch
+        config would be silently ignored, so it is refused (docs/scale.md, "RL post-training")."""
+        from accelerate.utils import DistributedType
+
+        from idcrafter.errors import InputError
+
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise InputError("the RL trainers run data parallel (the frozen base replicated, LoRA gradients "
+                             "all-reduced): launch with torchrun or configs/accelerate/ddp.yaml, not FSDP/DeepSpeed "
+                             "(docs/scale.md, RL post-training)")
 
     def setup_policy(self) -> None:
         """Extra policy state (NFT's old policy); default none."""

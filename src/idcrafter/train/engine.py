@@ -71,7 +71,8 @@ class Engine:
     run_tool: ClassVar[str] = "idcrafter train"
     # what a run writes into its folder: the only entries `overwrite=True` deletes
     run_entries: ClassVar[tuple[str, ...]] = ("config.json", "metrics.jsonl", "checkpoints", "tensorboard",
-                                              "samples", "pipeline", "audit", "report.json", ".idcrafter")
+                                              "samples", "pipeline", "audit", "report.json", "features",
+                                              "reward_model", "eval.json", ".idcrafter")
     progress_name: ClassVar[str] = "train"
 
     def __init__(self, config: Any, run_dir: str | Path, resume: bool = False, callbacks: list | None = None,
