@@ -62,7 +62,8 @@ def main() -> None:
                      f"train.steps={a.steps}", f"train.threads={a.threads}", "checkpoint.every=250",
                      "eval.sample_every=0", "optim.warmup_steps=50", "optim.lr=1e-4"]
         run([exe, "train", "sft", "--recipe", "sprites", "--run-dir", str(run_dir), "--resume", *overrides])
-        out = run([exe, "train", "export", "--run-dir", str(run_dir), "--out", str(run_dir / "export"),
+        # beside the run folder: export refuses a target inside the run it reads (it would delete the run)
+        out = run([exe, "train", "export", "--run-dir", str(run_dir), "--out", str(a.out / f"{arm}-export"),
                    "--n", str(a.n)])
         results[arm] = last_json(out)
     table = {arm: {k: (r.get("generated", r).get(k)) for k in KEYS} for arm, r in results.items()}

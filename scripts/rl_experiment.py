@@ -1,21 +1,30 @@
 """The RL experiment on SpriteWorld: SFT vs DPO vs GRPO (composite) vs GRPO (learned reward) vs NFT,
 then the reward ablations; every arm evaluated on held-out casts by judge v2 and the audit judge.
 
-    .venv/bin/python scripts/rl_experiment.py --generator assets/checkpoints/sprites-sft --out runs/rl-exp \
-        [--iterations 300] [--arms sft,dpo,grpo,grpo_learned,nft,no_fid,no_qual,no_nat,mean_face] \
-        [--reward-model runs/rm-sprites/reward_model] [--eval-n 32] [--threads 1] [--set monitor.every=0 ...]
+    .venv/bin/python scripts/rl_experiment.py --generator assets/checkpoints/sprites-sft --out runs/rl-exp \\
+        [--iterations 300] [--arms sft,dpo,grpo,grpo_cps,grpo_learned,nft,no_fid,no_qual,no_nat,mean_face] \\
+        [--run grpo=runs/rl-grpo ...] [--reward-model runs/rm-sprites/reward_model] [--eval-n 32] \\
+        [--threads 1] [--set monitor.every=0 ...] [--no-train]
 
-Every arm is an `idcrafter train ...` run in `<out>/<arm>` started from `--generator` (resumed when
-its folder already holds a run, so the script can be stopped and restarted), with the `sprites`
-recipe of its trainer and the same number of iterations; DPO gets the same data budget
-(`dpo.pair_iterations` = iterations). `grpo_learned` needs a reward model folder (`--reward-model`;
-without one it trains `idcrafter train reward-model --recipe sprites` into `<out>/reward_model`).
+Every arm is an `idcrafter train ...` run in `<out>/<arm>` (or the folder given by `--run ARM=DIR`)
+started from `--generator` with the `sprites` recipe of its trainer, the same iterations and the
+`--set` overrides; a folder that already holds a run is resumed, one whose run is complete (its
+`pipeline/` exported and `--iterations` logged) is not trained again, so the script can be stopped
+and restarted. DPO gets the same data budget (`dpo.pair_iterations` = iterations). `grpo_learned`
+needs a reward model (`--reward-model`; without one it trains `idcrafter train reward-model
+--recipe sprites` into `<out>/reward_model_run`).
 
-Evaluation (`<out>/results.json`, `<out>/results.md`): each arm's final pipeline (its EMA export,
-`<arm>/pipeline`; SFT = the generator itself) generates `--eval-n` held-out casts (seed 1234,
-judge-sized clips, 20 steps, guidance 2.5) scored by `sprites` (judge v2) and `sprites-audit`.
-Curves (`<out>/curves.png`): each RL arm's training reward against wall-clock seconds, and the
-time the faster of GRPO and NFT needs to reach the other's final reward.
+Evaluation: each arm's final pipeline (its EMA export `<run>/pipeline`; SFT = the generator) generates
+the `--eval-n` held-out casts of `idcrafter eval heldout` (seed 1234, casts of 2 and 3, sample
+seeds 0.., `--eval-steps` Euler steps, guidance `--cfg`), once: the clips are kept in
+`<out>/eval/<arm>.npz`, and each scorer that can be built -- `sprites` (judge v2) and `sprites-audit`
+(the audit judge) -- scores them into `<out>/eval/<arm>.json` (per case). A scorer missing now (the
+audit judge before it ships) is added by a later run of the script without generating again.
+Reported (`<out>/results.md`, `results.json`): per arm the mean of each metric and, for the RL arms,
+the paired difference to SFT on the same casts with its standard error. Curves (`<out>/curves.png`):
+the training reward (running mean of 5 iterations) against cumulative iteration time (the sum of
+logged `step_time`: pauses between resumed pieces are not counted), and the time the faster of
+GRPO and NFT needs to reach the other's final reward.
 """
 
 from __future__ import annotations
@@ -28,14 +37,19 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("face_sim_mean", "face_sim_min", "subject_sim", "leakage", "quality", "natural", "total")
-AUDIT = ("attr_acc_mean", "face_sim_mean", "quality", "natural")
+sys.path.insert(0, str(ROOT / "src"))
+
+METRICS = ("face_sim_mean", "face_sim_min", "subject_sim", "leakage", "action_acc", "quality", "natural",
+           "copy_paste", "total")
+AUDIT = ("attr_acc_mean", "face_sim_mean", "face_sim_min", "quality", "natural")
+SCORERS = {"sprites": ("judge", METRICS), "sprites-audit": ("audit", AUDIT)}
 
 # arm: (trainer, overrides on top of its `sprites` recipe)
 ARMS: dict[str, tuple[str, list[str]]] = {
     "sft": ("none", []),
     "dpo": ("dpo", []),
     "grpo": ("grpo", []),
+    "grpo_cps": ("grpo", ["rollout.sde_type=cps"]),  # coefficients-preserving rollouts (no SDE noise artefacts)
     "grpo_learned": ("grpo", ["reward.name=learned", 'reward.weights={"learned": 1.0}', "reward.options={}"]),
     "nft": ("nft", []),
     "no_fid": ("grpo", ['reward.options={"preset": "sprites", "composite_weights": {"fidelity": 0.0}}']),
@@ -45,16 +59,32 @@ ARMS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run(cmd: list[str]) -> None:
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def train_arm(arm: str, args, reward_model: Path | None) -> Path | None:
+# ------------------------------------------------------------------ training
+def last_step(run_dir: Path) -> int:
+    from idcrafter.train.logger import read_metrics
+
+    path = run_dir / "metrics.jsonl"
+    rows = read_metrics(path) if path.is_file() else []
+    return max((int(r["step"]) for r in rows if "step" in r), default=0)
+
+
+def train_arm(arm: str, run_dir: Path, args, reward_model: Path | None) -> None:
     trainer, extra = ARMS[arm]
-    if trainer == "none":
-        return None
-    run_dir = args.out / arm
+    if (run_dir / "pipeline" / "model_index.json").is_file() and last_step(run_dir) >= args.iterations:
+        print(f"{arm}: complete in {run_dir}", flush=True)
+        return
+    if args.no_train:
+        fail(f"{arm}: {run_dir} holds no complete run of {args.iterations} iterations (drop --no-train)")
     overrides = [f"model.init_pipeline={args.generator}", f"train.steps={args.iterations}",
                  f"train.threads={args.threads}", "log.progress=false", *extra, *args.set]
     if trainer == "dpo":
@@ -64,7 +94,6 @@ def train_arm(arm: str, args, reward_model: Path | None) -> Path | None:
     resume = ["--resume"] if (run_dir / "config.json").is_file() else []
     run([sys.executable, "-m", "idcrafter.train.cli", trainer, "--recipe", "sprites", "--run-dir", str(run_dir),
          *resume, *overrides])
-    return run_dir
 
 
 def ensure_reward_model(args) -> Path:
@@ -78,65 +107,223 @@ def ensure_reward_model(args) -> Path:
     return rm_dir / "reward_model"
 
 
-def evaluate(pipeline: Path, n: int) -> dict[str, float]:
-    """Mean judge v2 and audit metrics of `n` held-out casts generated by the pipeline."""
+# ------------------------------------------------------------------ evaluation
+def held_out(pipe, args) -> list:
+    from idcrafter.heldout import HeldoutConfig, example_case, heldout_cases
+
+    cfg = HeldoutConfig(n=args.eval_n, steps=args.eval_steps, guidance=args.cfg)
+    return [example_case(ex, f"case_{i:02d}", cfg.sample_seed + i) for i, ex in enumerate(heldout_cases(pipe, cfg))]
+
+
+def generate(pipeline: Path, npz: Path, args, truth: bool = False):
+    """The arm's held-out clips, generated once and kept in `npz` (uint8 (N, T, H, W, 3)); with
+    `truth`, the ground-truth renders of the same casts (nothing generated)."""
     import numpy as np
 
-    from idcrafter.generation import Case, GenerationSettings, generate_and_score
+    from idcrafter.generation import GenerationSettings, generate_and_score
     from idcrafter.pipeline import IDCrafterPipeline
-    from idcrafter.scorers import build_scorer
-    from idcrafter.world.dataset import make_example
-    from idcrafter.world.scene import WorldConfig
+    from idcrafter.utils.io import atomic_write_bytes
 
     pipe = IDCrafterPipeline.from_pretrained(str(pipeline))
     pipe.set_progress_bar_config(disable=True)
-    world = WorldConfig(frames=pipe.config.default_frames, height=pipe.config.default_height,
-                        width=pipe.config.default_width, ref_size=pipe.config.reference_size)
-    cases = []
-    for i in range(n):
-        ex = make_example(1234, i, "heldout", world)
-        cases.append(Case(key=f"h{i}", prompt=ex.caption, references=list(ex.refs), seed=i,
-                          size=(world.frames, world.height, world.width)))
-    out: dict[str, float] = {}
-    for name, keys in (("sprites", METRICS), ("sprites-audit", AUDIT)):
+    cases = held_out(pipe, args)
+    if truth:
+        return cases, [c.ground_truth for c in cases]
+    if npz.is_file():
+        with np.load(npz) as z:
+            if list(z["keys"]) == [c.key for c in cases] and int(z["steps"]) == args.eval_steps \
+                    and float(z["cfg"]) == args.cfg and str(z["pipeline"]) == str(pipeline):
+                return cases, list(z["clips"])
+    settings = GenerationSettings(steps=args.eval_steps, guidance=args.cfg, batch_size=args.eval_batch)
+    clips = [res.frames for res in generate_and_score(pipe, cases, settings, None, progress=True, desc=npz.stem)]
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, clips=np.stack(clips), keys=np.array([c.key for c in cases]), steps=args.eval_steps,
+                        cfg=args.cfg, pipeline=str(pipeline))
+    atomic_write_bytes(npz, buf.getvalue())
+    return cases, clips
+
+
+def scorer_version(name: str) -> str:
+    """A hash of what a scorer's figures depend on: its part files and the judge's code (judge v2 and
+    the audit judge were being retrained while this experiment ran; a changed judge re-scores the
+    kept clips instead of mixing figures of two judges in one table)."""
+    import hashlib
+
+    from idcrafter.judge.parts import judge_dir
+
+    folder = judge_dir() / ("audit" if name == "sprites-audit" else "")
+    h = hashlib.sha256()
+    files = sorted(folder.glob("*.safetensors")) + sorted((ROOT / "src" / "idcrafter" / "judge").rglob("*.py"))
+    for f in files:
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def evaluate_arm(arm: str, pipeline: Path, args, truth: bool = False) -> dict[str, dict]:
+    """{scorer: {"cases": [per-case metrics], "mean": {...}}} of the arm, cached per scorer
+    (`truth`: of the ground-truth renders, the ceiling of each scorer)."""
+    import numpy as np
+
+    from idcrafter.errors import InputError
+    from idcrafter.scorers import build_scorer
+    from idcrafter.utils.io import atomic_write_json, ensure_dir
+
+    folder = ensure_dir(args.out / "eval")
+    path = folder / f"{arm}.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    key = {"n": args.eval_n, "steps": args.eval_steps, "cfg": args.cfg, "pipeline": str(pipeline)}
+    if done.get("settings") != key:
+        done = {"settings": key}
+    todo = [s for s in SCORERS if s not in done or done[s].get("version") != scorer_version(s)]
+    if not todo:
+        return done
+    scorers = {}
+    for name in todo:
         try:
-            scorer = build_scorer(name)
-        except Exception as exc:  # noqa: BLE001 - the audit judge may not be shipped yet
-            out[f"{name}/error"] = float("nan")
-            print(f"  {name}: {exc}", flush=True)
-            continue
-        res = list(generate_and_score(pipe, cases, GenerationSettings(steps=20, guidance=2.5), scorer,
-                                      catch_errors=True))
+            scorers[name] = build_scorer(name)
+        except InputError as exc:  # the audit judge before it ships: added by a later run
+            print(f"  {arm}: {name} not available ({exc}); run the script again when it is", flush=True)
+    if not scorers:
+        return done
+    cases, clips = generate(pipeline, folder / f"{arm}.npz", args, truth)
+    for name, scorer in scorers.items():
+        rows = []
+        for case, clip in zip(cases, clips):
+            m = scorer.score(clip, case.references, case.prompt).metrics
+            rows.append({k: (float(v) if isinstance(v, (int, float)) else None) for k, v in m.items()})
+        keys = SCORERS[name][1]
+        mean = {}
         for k in keys:
-            vals = [r.report.metrics.get(k) for r in res if r.report is not None]
-            vals = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
-            out[f"{'judge' if name == 'sprites' else 'audit'}/{k}"] = float(np.mean(vals)) if vals else float("nan")
+            vals = [r[k] for r in rows if r.get(k) is not None and math.isfinite(r[k])]
+            mean[k] = float(np.mean(vals)) if vals else float("nan")
+        done[name] = {"cases": rows, "mean": mean, "version": scorer_version(name)}
+    atomic_write_json(path, done)
+    return done
+
+
+def paired(arm_eval: dict, base_eval: dict, scorer: str, metric: str) -> tuple[float, float, int]:
+    """Mean paired difference arm - base over the cases both define, its standard error, count."""
+    import numpy as np
+
+    a = arm_eval.get(scorer, {}).get("cases", [])
+    b = base_eval.get(scorer, {}).get("cases", [])
+    d = [x[metric] - y[metric] for x, y in zip(a, b)
+         if x.get(metric) is not None and y.get(metric) is not None and math.isfinite(x[metric] - y[metric])]
+    if len(d) < 2:
+        return float("nan"), float("nan"), len(d)
+    return float(np.mean(d)), float(np.std(d, ddof=1) / math.sqrt(len(d))), len(d)
+
+
+# ------------------------------------------------------------------ curves
+def curve(run_dir: Path, clock: str = "wall", samples: Path | None = None) -> list[tuple[float, float]]:
+    """(cumulative seconds, reward) of a run's metrics.jsonl, one point per logged step. `clock`
+    "wall": the iterations' `step_time`; "cpu": their `cpu_s` (the process's CPU time), or, for a
+    run logged without it, the CPU time of `samples` (lines "unix_time cpu_ticks ticks_per_s" of
+    the training process, `runs/rl-cpu-sampler.sh`) interpolated at each logged `time`."""
+    import numpy as np
+
+    from idcrafter.train.logger import read_metrics
+
+    rows = sorted((r for r in read_metrics(run_dir / "metrics.jsonl") if "reward" in r and "step_time" in r),
+                  key=lambda r: r["step"])
+    if clock == "cpu" and rows and "cpu_s" not in rows[0]:
+        if samples is None or not samples.is_file():
+            return []
+        t, ticks, hz = np.loadtxt(samples, ndmin=2)[np.argsort(np.loadtxt(samples, ndmin=2)[:, 0])].T
+        cpu = np.interp([r["time"] for r in rows], t, ticks / hz)
+        start = np.interp(rows[0]["time"] - rows[0]["step_time"], t, ticks / hz)
+        return [(float(c - start), float(r["reward"])) for c, r in zip(cpu, rows)]
+    out, total = [], 0.0
+    for r in rows:
+        total += float(r["cpu_s" if clock == "cpu" else "step_time"])
+        out.append((total, float(r["reward"])))
     return out
 
 
-def curve(run_dir: Path) -> list[tuple[float, float]]:
-    """(wall-clock seconds since the first iteration, reward) of a run's metrics.jsonl."""
-    from idcrafter.train.logger import read_metrics
-
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "reward" in r and "time" in r]
-    if not rows:
-        return []
-    t0 = rows[0]["time"] - rows[0].get("step_time", 0.0)
-    return [(r["time"] - t0, r["reward"]) for r in rows]
+def smooth(points: list[tuple[float, float]], k: int = 5) -> list[tuple[float, float]]:
+    return [(points[i][0], sum(r for _, r in points[max(0, i - k + 1): i + 1]) / len(points[max(0, i - k + 1): i + 1]))
+            for i in range(len(points))]
 
 
-def time_to_reach(points: list[tuple[float, float]], target: float, smooth: int = 5) -> float | None:
-    """First wall-clock time at which the running mean (over `smooth` iterations) reaches target."""
-    for i in range(len(points)):
-        window = [r for _, r in points[max(0, i - smooth + 1): i + 1]]
-        if sum(window) / len(window) >= target:
-            return points[i][0]
+def time_to_reach(points: list[tuple[float, float]], target: float, k: int = 5) -> float | None:
+    """First time at which the running mean (over `k` iterations) reaches target."""
+    for t, r in smooth(points, k):
+        if r >= target:
+            return t
     return None
 
 
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+# ------------------------------------------------------------------ report
+def write_report(out: Path, evals: dict, curves: dict, cpu_curves: dict, summary: dict) -> None:
+    from idcrafter.utils.io import atomic_write_json, atomic_write_text
+
+    lines = []
+    for scorer, (prefix, keys) in SCORERS.items():
+        arms = [a for a in evals if scorer in evals[a]]
+        if not arms:
+            lines += [f"{scorer}: not available yet", ""]
+            continue
+        lines += [f"### {scorer} ({prefix}), mean over {len(evals[arms[0]][scorer]['cases'])} held-out casts", "",
+                  "| arm | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for arm in arms:
+            lines.append(f"| {arm} | " + " | ".join(f"{evals[arm][scorer]['mean'][k]:.3f}" for k in keys) + " |")
+        if "sft" in evals and scorer in evals["sft"]:
+            lines += ["", f"Paired difference to SFT (same casts and seeds), mean +- standard error:", "",
+                      "| arm | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+            for arm in arms:
+                if arm in ("sft", "ground_truth"):
+                    continue
+                cells = []
+                for k in keys:
+                    m, se, _ = paired(evals[arm], evals["sft"], scorer, k)
+                    cells.append(f"{m:+.3f} +- {se:.3f}")
+                lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for arm, pts in curves.items():
+        if pts:
+            first, last = smooth(pts)[min(4, len(pts) - 1)][1], smooth(pts)[-1][1]
+            cpu = cpu_curves.get(arm) or []
+            cpu_text = f" ({cpu[-1][0]:.0f} CPU-s)" if cpu else ""
+            lines.append(f"- {arm}: {len(pts)} iterations in {pts[-1][0]:.0f} s of iteration wall time{cpu_text}; "
+                         f"training reward (running mean of 5) {first:.3f} at iteration {min(5, len(pts))} -> "
+                         f"{last:.3f}")
+    lines += [f"- {k}: {v:.3f}" for k, v in summary.items()]
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
+    atomic_write_json(out / "results.json", {"results": {a: {s: e[s]["mean"] for s in SCORERS if s in e}
+                                                         for a, e in evals.items()},
+                                             "curves": curves, "cpu_curves": cpu_curves, "summary": summary})
+    print((out / "results.md").read_text())
+    if any(curves.values()):
+        plot_curves(out / "curves.png", curves, cpu_curves)
+
+
+def plot_curves(path: Path, curves: dict, cpu_curves: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    panels = [(curves, "wall-clock of the iterations (min, shared machine)")]
+    if any(cpu_curves.values()):
+        panels.append((cpu_curves, "CPU time of the training process (min, 1 thread)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), squeeze=False)
+    for ax, (cs, xlabel) in zip(axes[0], panels):
+        for arm, pts in cs.items():
+            if pts:
+                line, = ax.plot([t / 60 for t, _ in pts], [r for _, r in pts], alpha=0.25)
+                ax.plot([t / 60 for t, _ in smooth(pts)], [r for _, r in smooth(pts)], color=line.get_color(),
+                        label=f"{arm} (running mean of 5)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("training reward (composite)")
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
 
 
 def main() -> None:
@@ -145,9 +332,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/rl-exp"))
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--run", action="append", default=[], metavar="ARM=DIR", help="an arm's run folder")
+    ap.add_argument("--cpu-samples", action="append", default=[], metavar="ARM=FILE",
+                    help="CPU-time samples of an arm's training process logged without cpu_s")
     ap.add_argument("--reward-model", default=None)
     ap.add_argument("--eval-n", type=int, default=32)
+    ap.add_argument("--eval-steps", type=int, default=20)
+    ap.add_argument("--cfg", type=float, default=2.5)
+    ap.add_argument("--eval-batch", type=int, default=8, help="held-out cases sampled together")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-train", action="store_true", help="only evaluate complete runs")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an override for every arm (e.g. monitor.every=0 until the audit judge ships)")
     args = ap.parse_args()
@@ -157,54 +351,45 @@ def main() -> None:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         fail(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
+    if args.eval_n < 2 or args.iterations < 1:
+        fail("--eval-n must be >= 2 and --iterations >= 1")
+    dirs = {arm: args.out / arm for arm in arms}
+    for item in args.run:
+        arm, _, folder = item.partition("=")
+        if arm not in ARMS or not folder:
+            fail(f"--run takes ARM=DIR with ARM one of {', '.join(ARMS)}, got {item!r}")
+        dirs[arm] = Path(folder)
+    samples = {}
+    for item in args.cpu_samples:
+        arm, _, file = item.partition("=")
+        if arm not in ARMS or not file:
+            fail(f"--cpu-samples takes ARM=FILE with ARM one of {', '.join(ARMS)}, got {item!r}")
+        samples[arm] = Path(file)
+    import torch
+
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    reward_model = ensure_reward_model(args) if "grpo_learned" in arms else None
-    results, curves = {}, {}
+    reward_model = ensure_reward_model(args) if "grpo_learned" in arms and not args.no_train else None
+    evals, curves, cpu_curves = {}, {}, {}
     for arm in arms:
-        run_dir = train_arm(arm, args, reward_model)
-        pipeline = args.generator if run_dir is None else run_dir / "pipeline"
-        results[arm] = evaluate(pipeline, args.eval_n)
-        if run_dir is not None:
-            curves[arm] = curve(run_dir)
-        (args.out / "results.json").write_text(json.dumps({"results": results, "curves": curves}, indent=1))
+        if ARMS[arm][0] == "none":
+            pipeline = args.generator
+        else:
+            train_arm(arm, dirs[arm], args, reward_model)
+            pipeline = dirs[arm] / "pipeline"
+            curves[arm] = curve(dirs[arm])
+            cpu_curves[arm] = curve(dirs[arm], "cpu", samples.get(arm))
+        evals[arm] = evaluate_arm(arm, pipeline, args)
+    evals["ground_truth"] = evaluate_arm("ground_truth", args.generator, args, truth=True)
     summary = {}
-    if "grpo" in curves and "nft" in curves and curves["grpo"] and curves["nft"]:
-        finals = {k: sum(r for _, r in curves[k][-5:]) / len(curves[k][-5:]) for k in ("grpo", "nft")}
-        for fast, slow in (("nft", "grpo"), ("grpo", "nft")):
-            t = time_to_reach(curves[fast], finals[slow])
-            if t is not None:
-                summary[f"{fast}_reaches_{slow}_final_at_fraction"] = t / curves[slow][-1][0]
-    write_report(args.out, results, curves, summary)
-
-
-def write_report(out: Path, results: dict, curves: dict, summary: dict) -> None:
-    keys = sorted({k for r in results.values() for k in r})
-    lines = ["| arm | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for arm, r in results.items():
-        lines.append(f"| {arm} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in keys) + " |")
-    lines += ["", *(f"- {k}: {v:.3f}" for k, v in summary.items())]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps({"results": results, "curves": curves, "summary": summary}, indent=1))
-    print((out / "results.md").read_text())
-    if not any(curves.values()):
-        return
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for arm, pts in curves.items():
-            if pts:
-                ax.plot([t for t, _ in pts], [r for _, r in pts], label=arm)
-        ax.set_xlabel("wall-clock (s)")
-        ax.set_ylabel("training reward")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "curves.png", dpi=120)
-    except ImportError:
-        pass
+    for clock, cs in (("wall", curves), ("cpu", cpu_curves)):
+        if cs.get("grpo") and cs.get("nft"):
+            finals = {k: smooth(cs[k])[-1][1] for k in ("grpo", "nft")}
+            for fast, slow in (("nft", "grpo"), ("grpo", "nft")):
+                t = time_to_reach(cs[fast], finals[slow])
+                if t is not None:
+                    summary[f"{fast}_reaches_{slow}_final_at_fraction_of_{slow}_{clock}_time"] = t / cs[slow][-1][0]
+    write_report(args.out, evals, curves, cpu_curves, summary)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ Judges held-out ground-truth clips and their VAE reconstructions (encode -> post
 decode) against the same references and caption, and prints both side by side. The gate: the
 reconstructions' face_sim_mean within 0.05 of the ground truth's, total within 0.03.
 
-    .venv/bin/python scripts/vae_gate.py --vae assets/checkpoints/sprites-vae --n 24 [--json]
+    .venv/bin/python scripts/vae_gate.py --vae assets/checkpoints/sprites-vae --n 24 [--judge audit] [--json]
+
+`--judge audit` scores with the audit judge (other seeds and architectures): the check that
+does not share the embedders the VAE's identity term was trained against.
 """
 
 from __future__ import annotations
@@ -29,12 +32,18 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--judge", choices=("main", "audit"), default="main")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     codec = load_codec(args.vae)
-    judge = Judge.load()
+    if args.judge == "audit":
+        from idcrafter.judge.audit import AuditJudge
+
+        judge = AuditJudge.load()
+    else:
+        judge = Judge.load()
     world = WorldConfig(frames=5, height=48, width=48, ref_size=40)
     rows: dict[str, list[dict]] = {"ground_truth": [], "reconstruction": []}
     psnr = []

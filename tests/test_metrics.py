@@ -40,18 +40,18 @@ def test_total_is_a_weighted_mean_minus_the_copy_paste_penalty_by_hand():
     assert sum(v for k, v in w.__dict__.items() if k != "copy_paste") == pytest.approx(1.0)
     assert w.total(FULL) == pytest.approx(1.0)
     # one channel at a time: total drops by exactly that channel's weight
-    assert w.total({**FULL, "binding": 0.0}) == pytest.approx(1 - 0.35)
+    assert w.total({**FULL, "binding": 0.0}) == pytest.approx(1 - 0.37)
     assert w.total({**FULL, "leakage": 1.0}) == pytest.approx(1 - 0.04)
     m = dict(quality=0.5, motion=0.25, face_sim_mean=0.8, subject_sim=0.9, leakage=0.2, natural=0.6, binding=0.5,
              copy_paste=0.1)
-    by_hand = (0.10 * 0.5 + 0.04 * 0.25 + 0.14 * 0.8 + 0.06 * 0.9 + 0.35 * 0.5 + 0.04 * 0.8 + 0.27 * 0.6) - 0.30 * 0.1
+    by_hand = (0.12 * 0.5 + 0.02 * 0.25 + 0.12 * 0.8 + 0.06 * 0.9 + 0.37 * 0.5 + 0.04 * 0.8 + 0.27 * 0.6) - 0.30 * 0.1
     assert w.total(m) == pytest.approx(by_hand)
 
 
 def test_total_counts_identity_bound_to_the_caption_when_there_is_a_prompt():
     w = M.TotalWeights()
     bound = {**FULL, "face_bound": 0.5, "subject_bound": 0.25}
-    assert w.total(bound) == pytest.approx(1 - 0.14 * 0.5 - 0.06 * 0.75)
+    assert w.total(bound) == pytest.approx(1 - 0.12 * 0.5 - 0.06 * 0.75)
     free = {**bound, "binding": None}  # without a prompt nothing is bound: the raw similarities count
     assert w.total(free) == pytest.approx(1.0)
 
@@ -59,8 +59,8 @@ def test_total_counts_identity_bound_to_the_caption_when_there_is_a_prompt():
 def test_total_without_a_prompt_renormalises_and_clips_at_zero():
     w = M.TotalWeights()
     free = {**FULL, "binding": None, "quality": 0.0}
-    assert w.total(free) == pytest.approx(1 - 0.10 / 0.65)  # binding dropped, the rest renormalised
-    assert w.total({k: v for k, v in free.items() if k != "binding"}) == pytest.approx(1 - 0.10 / 0.65)
+    assert w.total(free) == pytest.approx(1 - 0.12 / 0.63)  # binding dropped, the rest renormalised
+    assert w.total({k: v for k, v in free.items() if k != "binding"}) == pytest.approx(1 - 0.12 / 0.63)
     assert w.total({**FULL, "copy_paste": 0.5}) == pytest.approx(1 - 0.15)
     nothing = dict(quality=0.0, motion=0.0, face_sim_mean=0.0, subject_sim=0.0, leakage=1.0, natural=0.0,
                    binding=0.0, copy_paste=1.0)

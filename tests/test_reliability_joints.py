@@ -212,17 +212,28 @@ def test_judge_total_by_hand_with_distinct_inputs():
     m = {"quality": 0.9, "motion": 0.3, "face_sim_mean": 0.7, "subject_sim": 0.6, "leakage": 0.2,
          "natural": 0.8, "binding": 0.5, "copy_paste": 0.1}
     assert tw.total(m) == pytest.approx(_hand_total(w, m), abs=1e-12)
-    # the shipped v2 weights, written out (helper C: update these literals if the weights are retuned)
-    lit = (0.10 * 0.9 + 0.04 * 0.3 + 0.15 * 0.7 + 0.08 * 0.6 + 0.38 * 0.5 + 0.04 * 0.8 + 0.21 * 0.8) / 1.0 - 0.30 * 0.1
+    # the shipped v2 weights, written out (update these literals if the weights are retuned):
+    # quality .12, motion .02, face .12, subject .06, binding .37, 1 - leakage .04, natural .27
+    # (sum 1), copy-paste penalty .30
+    lit = (0.12 * 0.9 + 0.02 * 0.3 + 0.12 * 0.7 + 0.06 * 0.6 + 0.37 * 0.5 + 0.04 * 0.8 + 0.27 * 0.8) / 1.0 - 0.30 * 0.1
     assert tw.total(m) == pytest.approx(lit, abs=1e-12)
-    no_prompt = {**m, "binding": None}  # dropped and the rest renormalised: / (1 - 0.38)
-    lit = (0.10 * 0.9 + 0.04 * 0.3 + 0.15 * 0.7 + 0.08 * 0.6 + 0.04 * 0.8 + 0.21 * 0.8) / 0.62 - 0.30 * 0.1
+    no_prompt = {**m, "binding": None}  # dropped and the rest renormalised: / (1 - 0.37)
+    lit = (0.12 * 0.9 + 0.02 * 0.3 + 0.12 * 0.7 + 0.06 * 0.6 + 0.04 * 0.8 + 0.27 * 0.8) / 0.63 - 0.30 * 0.1
     assert tw.total(no_prompt) == pytest.approx(lit, abs=1e-12)
     assert tw.total({k: v for k, v in no_prompt.items() if k != "binding"}) == pytest.approx(lit, abs=1e-12)
+    # the judge's credits replace the raw cosines when given; with a prompt the bound figures win
+    credit = {**m, "face_credit": 0.95, "subject_credit": 0.85}
+    lit = (0.12 * 0.9 + 0.02 * 0.3 + 0.12 * 0.95 + 0.06 * 0.85 + 0.37 * 0.5 + 0.04 * 0.8 + 0.27 * 0.8) - 0.30 * 0.1
+    assert tw.total(credit) == pytest.approx(lit, abs=1e-12)
+    bound = {**credit, "face_bound": 0.45, "subject_bound": 0.55}
+    lit = (0.12 * 0.9 + 0.02 * 0.3 + 0.12 * 0.45 + 0.06 * 0.55 + 0.37 * 0.5 + 0.04 * 0.8 + 0.27 * 0.8) - 0.30 * 0.1
+    assert tw.total(bound) == pytest.approx(lit, abs=1e-12)
+    lit = (0.12 * 0.9 + 0.02 * 0.3 + 0.12 * 0.95 + 0.06 * 0.85 + 0.04 * 0.8 + 0.27 * 0.8) / 0.63 - 0.30 * 0.1
+    assert tw.total({**bound, "binding": None}) == pytest.approx(lit, abs=1e-12)  # no prompt: credits
     clipped = {**m, "face_sim_mean": -0.4, "leakage": 1.3, "motion": 1.7, "copy_paste": -0.5}
     assert tw.total(clipped) == pytest.approx(_hand_total(w, clipped), abs=1e-12)
     assert tw.total(clipped) == pytest.approx(
-        0.10 * 0.9 + 0.04 * 1.0 + 0.15 * 0.0 + 0.08 * 0.6 + 0.38 * 0.5 + 0.04 * 0.0 + 0.21 * 0.8, abs=1e-12)
+        0.12 * 0.9 + 0.02 * 1.0 + 0.12 * 0.0 + 0.06 * 0.6 + 0.37 * 0.5 + 0.04 * 0.0 + 0.27 * 0.8, abs=1e-12)
     assert tw.total({**m, "copy_paste": 1.0, "binding": 0.0, "natural": 0.0}) == 0.0  # clipped at 0, not negative
     for key in ("quality", "motion", "face_sim_mean", "subject_sim", "natural", "binding"):
         bumped = {**m, key: m[key] + 0.05}  # each metric moves total by exactly its own weight

@@ -182,3 +182,38 @@ def test_diffusion_dpo_by_hand():
     assert loss.item() == pytest.approx(math.log1p(math.exp(-1.0))) and acc.item() == 1.0
     loss, acc = L.diffusion_dpo_loss(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([1.0]), torch.tensor([1.0]), 1.0)
     assert loss.item() == pytest.approx(math.log1p(math.exp(0.5))) and acc.item() == 0.0
+
+
+def test_shadow_and_ema_by_hand_and_their_swap_restores_exactly():
+    """`train.ema.Shadow` is the one copy-average-swap used by the training EMA, the KL reference
+    and NFT's old policy (`rl.policy` re-exports it)."""
+    from idcrafter.rl.policy import Shadow as PolicyShadow
+    from idcrafter.train.ema import EMA, Shadow
+
+    assert PolicyShadow is Shadow
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    sh = Shadow({"w": w})
+    with torch.no_grad():
+        w.copy_(torch.tensor([3.0, 6.0]))
+    sh.update(0.75)  # 0.75 * [1, 2] + 0.25 * [3, 6]
+    assert torch.allclose(sh.values["w"], torch.tensor([1.5, 3.0]))
+    with sh.active():
+        assert torch.equal(w.detach(), torch.tensor([1.5, 3.0]))
+    assert torch.equal(w.detach(), torch.tensor([3.0, 6.0]))
+    with pytest.raises(KeyError):
+        sh.load_state_dict({"v": torch.zeros(2)})
+
+    ema = EMA({"w": w}, decay=0.9)  # shadow [3, 6]; warm-up decays d_0 = 1/10, d_1 = 2/11
+    with torch.no_grad():
+        w.copy_(torch.tensor([13.0, 16.0]))
+    ema.update()
+    assert torch.allclose(ema.shadow["w"], torch.tensor([0.1 * 3 + 0.9 * 13, 0.1 * 6 + 0.9 * 16]))
+    ema.update()
+    d = 2 / 11
+    assert torch.allclose(ema.shadow["w"], d * torch.tensor([12.0, 15.0]) + (1 - d) * torch.tensor([13.0, 16.0]))
+    assert ema.updates == 2 and ema.current_decay() == pytest.approx(3 / 12)
+    with ema.swapped():
+        assert torch.equal(w.detach(), ema.shadow["w"])
+    assert torch.equal(w.detach(), torch.tensor([13.0, 16.0]))
+    ema.load_state_dict({"w": torch.zeros(2)}, updates=7)
+    assert ema.updates == 7 and torch.equal(ema.state_dict()["w"], torch.zeros(2))

@@ -39,10 +39,8 @@ class FallingScorer:
 def _trainer(tmp_path, *overrides, scorer=None):
     cfg = apply_overrides(rl_recipe("grpo", "debug"), ["checkpoint.every=0", "monitor.every=1", "monitor.n=1",
                                                        "monitor.steps=2", "monitor.window=2", *overrides])
-    tr = GRPOTrainer(cfg, tmp_path)
+    tr = GRPOTrainer(cfg, tmp_path, monitor_scorer=scorer)
     tr.setup()
-    if scorer is not None:
-        tr.monitor._scorer = scorer
     return tr
 
 
@@ -73,9 +71,33 @@ def test_monitor_state_survives_resume(tmp_path):
     tr.train()
     cfg = apply_overrides(rl_recipe("grpo", "debug"), ["checkpoint.every=1", "monitor.every=1", "monitor.n=1",
                                                        "monitor.steps=2", "monitor.window=2", "train.steps=3"])
-    again = GRPOTrainer(cfg, tmp_path, resume=True)
+    again = GRPOTrainer(cfg, tmp_path, resume=True, monitor_scorer=FallingScorer())
     again.setup()
     assert again.monitor.steps == [1, 2] and len(again.monitor.audits) == 2
+    assert [a["face_sim_mean"] for a in again.monitor.audits] == pytest.approx([0.95, 0.90])
+
+
+def _audit_judge_or_skip():
+    from idcrafter.errors import MissingWeightsError
+    from idcrafter.scorers import build_scorer
+
+    try:
+        return build_scorer("sprites-audit")
+    except MissingWeightsError as exc:
+        pytest.skip(f"the audit judge is not shipped yet ({exc})")
+
+
+def test_monitor_with_the_shipped_audit_judge_logs_its_attribute_figures(tmp_path):
+    """The joint of the monitor and the real audit judge (`sprites-audit`, the recipes' default)."""
+    _audit_judge_or_skip()
+    tr = _trainer(tmp_path, "train.steps=1", "monitor.scorer=sprites-audit",
+                  'monitor.metrics=["face_sim_mean","attr_acc_mean"]')
+    tr.train()
+    rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "audit/attr_acc_mean" in r]
+    assert len(rows) == 1 and rows[0]["audit/errors"] == 0
+    assert 0.0 <= rows[0]["audit/attr_acc_mean"] <= 1.0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["scorer"] == "sprites-audit" and len(report["evaluations"]) == 1
 
 
 def test_a_missing_audit_scorer_fails_at_set_up_not_mid_run(tmp_path):

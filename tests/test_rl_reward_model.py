@@ -97,6 +97,79 @@ def test_embedded_reward_model_trains_exports_and_serves_as_a_reward(tmp_path):
     assert torch.allclose(out["learned"], a, atol=1e-5) and bool(out.valid["learned"].all())
 
 
+def test_reward_model_scores_need_one_prompt_per_clip():
+    """The embedded model reads each clip's prompt through the judge's summary: scoring without the
+    prompts would be another function than the trained one, so it is refused."""
+    from idcrafter.rl.reward_model import SpriteRewardModel
+
+    rm = SpriteRewardModel(frames=3)
+    p = synthetic_pairs(1, 0, "train", ("swap",), tie_fraction=0.0)[0]
+    with torch.no_grad():
+        for bad in (None, [], [p.prompt, p.prompt], p.prompt):
+            with pytest.raises(InputError, match="prompt"):
+                rm.score([p.a], [p.references], bad)
+        with_prompt = rm.score([p.a], [p.references], [p.prompt])
+        unknown = rm.score([p.a], [p.references], [None])  # an explicitly unknown prompt is a choice
+    assert not torch.equal(with_prompt, unknown)  # the prompt moves the score: why it is required
+
+
+def test_exported_reward_model_refuses_a_changed_judge(tmp_path):
+    """The embedded model's features come from the judge's parts: a retrained (or added) part
+    after export must be refused at load, not change the reward silently."""
+    import shutil
+
+    from idcrafter.errors import CorruptFileError
+    from idcrafter.judge.parts import judge_dir
+    from idcrafter.rl.reward_model import SpriteRewardModel, load_reward_model
+
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    for f in judge_dir().glob("*.safetensors"):
+        shutil.copy(f, judge / f.name)
+    torch.manual_seed(0)
+    rm = SpriteRewardModel(frames=3, judge_folder=str(judge))
+    rm.save(tmp_path / "rm")
+    p = synthetic_pairs(1, 0, "train", ("swap",), tie_fraction=0.0)[0]
+    with torch.no_grad():
+        want = rm.eval().score([p.a, p.b], [p.references] * 2, [p.prompt] * 2)
+        got = load_reward_model(tmp_path / "rm").score([p.a, p.b], [p.references] * 2, [p.prompt] * 2)
+    assert torch.equal(want, got)  # same judge: the round trip is exact
+    face = judge / "face.safetensors"
+    face.write_bytes(face.read_bytes()[:-4] + bytes(4))  # a retrained face embedder (other weights)
+    with pytest.raises(CorruptFileError, match="face"):
+        load_reward_model(tmp_path / "rm")
+    shutil.copy(judge_dir() / "face.safetensors", face)
+    load_reward_model(tmp_path / "rm")  # restored: loads again
+    if (judge / "critic.safetensors").is_file():
+        (judge / "critic.safetensors").unlink()  # a part removed (or, the other way, added)
+        with pytest.raises(CorruptFileError, match="critic"):
+            load_reward_model(tmp_path / "rm")
+
+
+def test_reward_model_resume_reads_its_feature_cache(tmp_path, monkeypatch):
+    from idcrafter.rl.reward_training import RewardModelTrainer
+
+    cfg = apply_overrides(rl_recipe("reward-model", "debug"), ["train.steps=2", "checkpoint.every=1", "eval_every=0",
+                                                               "pairs.train=6", "pairs.heldout=2"])
+    tr = RewardModelTrainer(cfg, tmp_path)
+    tr.setup()
+    tr.train()
+    cached = sorted(p.name for p in (tmp_path / "features").iterdir())
+    assert len(cached) == 3 and all(n.endswith(".safetensors") for n in cached)  # train, heldout_ids, heldout_kind
+
+    def refuse(self, pairs):
+        raise AssertionError("features recomputed on resume")
+
+    monkeypatch.setattr(RewardModelTrainer, "_featurise", refuse)
+    again = RewardModelTrainer(apply_overrides(cfg, ["train.steps=3"]), tmp_path, resume=True)
+    again.setup()
+    for name, (fa, fb) in tr.features.items():
+        ga, gb = again.features[name]
+        assert all(torch.equal(x, y) for x, y in zip([*fa.tensors().values(), *fb.tensors().values()],
+                                                     [*ga.tensors().values(), *gb.tensors().values()]))
+    again.close()
+
+
 def test_reward_model_configs_are_checked():
     cfg = rl_recipe("reward-model", "debug")
     with pytest.raises(InputError, match="held"):

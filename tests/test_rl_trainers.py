@@ -166,7 +166,7 @@ def test_first_update_on_fresh_rollouts_has_ratio_one_and_kl_zero(tmp_path, over
     assert last["updates"] == 2 and last["trained_steps"] == 1
     assert last["clip_frac_first"] == 0.0
     assert math.isfinite(last["grad_norm"]) and last["grad_norm"] > 0
-    for key in ("reward", "reward/brightness", "ratio_mean", "kl", "clip_frac", "grad_norm", "rollout_s",
+    for key in ("reward", "reward/brightness", "ratio_mean", "kl", "clip_frac", "grad_norm", "rollout_s", "cpu_s",
                 "reward_s", "update_s", "skipped/nonfinite_reward", "groups_dropped"):
         assert key in last, key
 
@@ -320,3 +320,31 @@ def test_assign_advantages_follows_the_reward_config():
     assert torch.cat([r.keep for r in rollouts]).tolist() == [True, True, False, False]  # group 1 is all equal
     assert metrics["groups_dropped"] == 1 and metrics["reward/b"] == pytest.approx(2.5)
     assert metrics["reward"] == pytest.approx(float(reward.mean()))
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
+def test_rl_refuses_a_sharded_launch_before_building_anything(tmp_path, monkeypatch, kind):
+    """An FSDP / DeepSpeed launch config would be silently ignored by the data-parallel RL update:
+    set-up refuses it (before the model is built), and an ordinary launch passes."""
+    from accelerate.utils import DistributedType
+
+    import idcrafter.train.engine as engine
+    from idcrafter.errors import InputError
+
+    real = engine.make_accelerator
+
+    def sharded(train_cfg):
+        acc = real(train_cfg)
+        monkeypatch.setattr(type(acc), "distributed_type", property(lambda self: getattr(DistributedType, kind)))
+        return acc
+
+    monkeypatch.setattr(engine, "make_accelerator", sharded)
+    built = []
+    monkeypatch.setattr(type(grpo_cfg().model), "build", lambda self: built.append(1))
+    with pytest.raises(InputError, match="data parallel"):
+        GRPOTrainer(grpo_cfg(), tmp_path / "a").setup()
+    assert not built
+    monkeypatch.undo()
+    tr = GRPOTrainer(grpo_cfg(), tmp_path / "b")
+    tr.setup()  # the ordinary launch
+    tr.close()

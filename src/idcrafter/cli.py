@@ -192,14 +192,17 @@ def judge_cmd(
 
     from idcrafter.validation import check_reference_count
 
+    if judge not in ("main", "audit"):
+        raise InputError(f"--judge must be main or audit, got {judge!r}")
+    if judge == "audit" and face_backend != "sprites":
+        raise InputError(f"--judge audit is the SpriteWorld audit judge: use it with --face-backend sprites, "
+                         f"not {face_backend!r}")
     if prompt is not None:
         check_reference_count(check_prompt(prompt, "--prompt"), len(ref))
     if len(ref) > LIMITS.max_references:
         raise InputError(f"{len(ref)} references given; at most {LIMITS.max_references} subjects are scored")
     refs = [load_image(p) for p in ref]
     frames = read_video(video)  # bad inputs first: before the judge is loaded
-    if judge not in ("main", "audit") or (judge == "audit" and face_backend != "sprites"):
-        raise InputError(f"--judge must be main or audit (audit only with --face-backend sprites), got {judge!r}")
     name = "sprites-audit" if judge == "audit" and face_backend == "sprites" else face_backend
     scorer = build_scorer(name, None if face_backend == "sprites" else face_weights)
     report = scorer.score(frames, refs, prompt)

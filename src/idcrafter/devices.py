@@ -174,8 +174,11 @@ def load_pipeline(folder: str | Path, device: str | torch.device | None = None, 
 
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
-        raise InputError(f"{folder} is not a pipeline folder (no model_index.json): pass a folder written by "
-                         f"IDCrafterPipeline.save_pretrained or `idcrafter build`")
+        from idcrafter.errors import MissingWeightsError
+
+        raise MissingWeightsError(f"{folder} is not a pipeline folder (no model_index.json): pass a folder written "
+                                  f"by IDCrafterPipeline.save_pretrained or `idcrafter build`, e.g. "
+                                  f"assets/checkpoints/sprites-sft")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     pipe = IDCrafterPipeline.from_pretrained(str(folder), dtype={"default": dt, "vae": torch.float32},

@@ -15,6 +15,7 @@ are also the matching built-in error, so older `except FileNotFoundError` code s
 | `FolderInUseError` | an output folder that holds something this command did not make |
 | `LimitError` | a value outside the documented limits (`idcrafter.validation.LIMITS`) |
 | `ConfigError` | a training config value that makes no sense (`optim.lr=0`, ...) |
+| `AuditRewardError` | a reward built on the audit judge (`judge.audit`: it only measures) |
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class LimitError(InputError):
 
 class ConfigError(InputError):
     """A training-config value that makes no sense (zero or NaN learning rate, negative every, ...)."""
+
+
+class AuditRewardError(InputError):
+    """A reward built on the audit judge, which held-out evaluation and the hacking monitor use
+    and no reward may (`idcrafter.judge.audit`)."""
 
 
 def describe_os_error(exc: OSError) -> str:

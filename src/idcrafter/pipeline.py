@@ -71,6 +71,10 @@ class IDCrafterPipeline(DiffusionPipeline):
         from idcrafter.loading import load_pipeline
 
         refuse_wan_folder(pretrained_model_name_or_path)  # a plain Wan2.1 folder: say how to build from it
+        if cls is IDCrafterPipeline and _saved_class_name(pretrained_model_name_or_path) == "PhantomPipeline":
+            from idcrafter.peer import PhantomPipeline  # the issue-15 peer samples with its own guidance
+
+            return PhantomPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs)
         sources = check_links(pretrained_model_name_or_path)  # linked frozen components (idcrafter.linking)
         parent = super(IDCrafterPipeline, cls).from_pretrained
         pipe = load_pipeline(cls, pretrained_model_name_or_path, parent, **kwargs)
@@ -258,6 +262,18 @@ class IDCrafterPipeline(DiffusionPipeline):
         return IDCrafterPipelineOutput(frames=out) if return_dict else (out,)
 
 
+def _saved_class_name(folder: Any) -> str | None:
+    """`_class_name` of a saved pipeline folder's model_index.json (None if unreadable: the
+    loader's own checks then report the folder)."""
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def make_velocity_fn(transformer: IDCrafterTransformer3DModel, conditions: Conditions,
                      guidance_scale: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The guided velocity `v(x, sigma)` the sampler integrates: one forward over [cond; uncond]
@@ -279,9 +295,10 @@ def build_pipeline(preset_name: str, codec: Codec, text_encoder, vlm=None, subje
     The transformer's in/out channels follow the codec, `text_dim` the text encoder and
     `vlm_dim` the VLM (when `text_mode` uses one). Used by tests and by SFT recipes.
     """
-    from idcrafter.models.presets import preset
+    from idcrafter.models.presets import preset, transformer_class
 
     cfg = preset(preset_name, **overrides)
+    model_cls = transformer_class(cfg.pop("architecture", "idcrafter"))  # ours, or a peer (models.phantom)
     cfg.update(in_channels=codec.latent_channels, out_channels=codec.latent_channels, text_dim=text_encoder.dim)
     if cfg.get("text_mode", "t5") != "t5":
         if vlm is None:
@@ -289,7 +306,7 @@ def build_pipeline(preset_name: str, codec: Codec, text_encoder, vlm=None, subje
         cfg["vlm_dim"] = vlm.dim
     if subject_encoder is not None:
         cfg["subject_feature_dim"] = subject_encoder.dim
-    return assemble_pipeline(IDCrafterTransformer3DModel(**cfg), codec, text_encoder, vlm, subject_encoder,
+    return assemble_pipeline(model_cls(**cfg), codec, text_encoder, vlm, subject_encoder,
                              default_height=default_height, default_width=default_width,
                              default_frames=default_frames, reference_size=reference_size, shift=shift,
                              default_fps=default_fps)
@@ -306,7 +323,13 @@ def assemble_pipeline(transformer: IDCrafterTransformer3DModel, codec: Codec, te
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
-    return IDCrafterPipeline(
+    pipeline_cls = IDCrafterPipeline
+    if getattr(transformer, "pipeline_class", None):  # a peer model names the pipeline that samples it
+        import importlib
+
+        module, _, name = transformer.pipeline_class.partition(":")
+        pipeline_cls = getattr(importlib.import_module(module), name)
+    return pipeline_cls(
         transformer, vae, text_encoder.model, text_encoder.tokenizer, scheduler,
         vlm=None if vlm is None else vlm.model, vlm_tokenizer=None if vlm is None else vlm.tokenizer,
         vlm_processor=None if vlm is None else vlm.image_processor,

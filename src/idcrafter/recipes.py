@@ -8,6 +8,7 @@
 | `debug`       | tiny random (tests; seconds on a CPU)  | full                       | SpriteWorld 3 x 24 x 24, B 2 |
 | `sprites`     | `sprites` preset, pixel codec, tiny T5 | full, from scratch         | SpriteWorld 5 x 48 x 48, B 16|
 | `sprites-latent` | `sprites-latent` preset, SpriteWorld Wan VAE | full, from scratch | as `sprites`, 40 px refs |
+| `sprites-phantom` | `sprites` preset, Phantom-style peer (issue 15) | full, from scratch | as `sprites`, 48 px refs |
 | `wan2.1-1.3b` | Wan2.1-T2V-1.3B + Qwen2.5-VL grounding | LoRA r32 + new modules     | real clips (JSONL manifest)  |
 | `wan2.1-14b`  | Wan2.1-T2V-14B + Qwen2.5-VL grounding  | LoRA r32 + new modules     | real clips (JSONL manifest)  |
 
@@ -98,6 +99,18 @@ def sprites_latent() -> Config:
     cfg.model.preset = "sprites-latent"
     cfg.model.codec, cfg.model.codec_path = "wan-vae", "assets/checkpoints/sprites-vae"
     cfg.model.reference_size = cfg.data.ref_size = 40
+    return cfg
+
+
+@register_recipe("sprites-phantom")
+def sprites_phantom() -> Config:
+    """The issue-15 peer: the `sprites` recipe (same DiT size, data, loss, schedule) with
+    Phantom's conditioning (`models/phantom.py`: references as extra clean latent frames in the
+    self-attention, three-pass guidance in `idcrafter.peer`). References are rendered at the
+    frame size, as Phantom pads them to the video's size: 48 px -> 8 x 8 tokens per reference."""
+    cfg = sprites()
+    cfg.model.preset_overrides = {"architecture": "phantom"}
+    cfg.model.reference_size = cfg.data.ref_size = cfg.data.height
     return cfg
 
 

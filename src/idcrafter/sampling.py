@@ -149,6 +149,27 @@ def _randn_like(sample: torch.Tensor, generator: torch.Generator | Sequence[torc
     return torch.randn(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
 
 
+def _gaussian_step(x: torch.Tensor, v: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor, mean: torch.Tensor,
+                   std: torch.Tensor,
+                   sample: torch.Tensor, prev_sample: torch.Tensor | None,
+                   generator: torch.Generator | Sequence[torch.Generator] | None) -> SDEStep:
+    """The shared tail of both stochastic steps: rows with sigma_next = 0 or std = 0 take the Euler
+    step with log-prob 0; the others draw (or take) x' ~ N(mean, std^2) and score it with the exact
+    Gaussian log-density averaged over non-batch dims. x, v, mean fp32 (B, C, F, H, W); s, s_next,
+    std (B, 1, ..., 1)."""
+    stochastic = (s_next > 0) & (std > 0)  # (B, 1, ..., 1)
+    mean = torch.where(stochastic, mean, x + (s_next - s) * v)  # deterministic rows: Euler
+    std = torch.where(stochastic, std, torch.zeros_like(std))
+    if prev_sample is None:
+        prev_sample = (mean + std * _randn_like(sample, generator)).to(sample.dtype)
+    safe_std = torch.where(stochastic, std, torch.ones_like(std))
+    z = (prev_sample.detach().float() - mean) / safe_std
+    log_prob = -0.5 * z**2 - torch.log(safe_std) - _LOG_SQRT_2PI  # (B, C, F, H, W)
+    log_prob = torch.where(stochastic, log_prob, torch.zeros_like(log_prob))
+    log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))  # (B,)
+    return SDEStep(prev_sample, log_prob, mean, std)
+
+
 def sde_step_with_logprob(
     velocity: torch.Tensor,
     sigma: SigmaLike,
@@ -194,18 +215,7 @@ def sde_step_with_logprob(
     mean = x * (1 + std_dev_t**2 * dt / two_s) + v * (1 + std_dev_t**2 * (1 - s) / two_s) * dt
     std = std_dev_t * torch.sqrt((-dt).clamp_min(0))  # (B, 1, ..., 1)
 
-    stochastic = (s_next > 0) & (std > 0)  # (B, 1, ..., 1)
-    mean = torch.where(stochastic, mean, x + dt * v)  # deterministic rows: Euler
-    std = torch.where(stochastic, std, torch.zeros_like(std))
-
-    if prev_sample is None:
-        prev_sample = (mean + std * _randn_like(sample, generator)).to(sample.dtype)
-    safe_std = torch.where(stochastic, std, torch.ones_like(std))
-    z = (prev_sample.detach().float() - mean) / safe_std
-    log_prob = -0.5 * z**2 - torch.log(safe_std) - _LOG_SQRT_2PI  # (B, C, F, H, W)
-    log_prob = torch.where(stochastic, log_prob, torch.zeros_like(log_prob))
-    log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))  # (B,)
-    return SDEStep(prev_sample, log_prob, mean, std)
+    return _gaussian_step(x, v, s, s_next, mean, std, sample, prev_sample, generator)
 
 
 def cps_step_with_logprob(
@@ -243,17 +253,7 @@ def cps_step_with_logprob(
     x1_hat = x + (1 - s) * v
     std = s_next * math.sin(noise_level * math.pi / 2)
     mean = (1 - s_next) * x0_hat + torch.sqrt((s_next**2 - std**2).clamp_min(0)) * x1_hat
-    stochastic = (s_next > 0) & (std > 0)
-    mean = torch.where(stochastic, mean, x + (s_next - s) * v)  # deterministic rows: Euler
-    std = torch.where(stochastic, std, torch.zeros_like(std))
-    if prev_sample is None:
-        prev_sample = (mean + std * _randn_like(sample, generator)).to(sample.dtype)
-    safe_std = torch.where(stochastic, std, torch.ones_like(std))
-    z = (prev_sample.detach().float() - mean) / safe_std
-    log_prob = -0.5 * z**2 - torch.log(safe_std) - _LOG_SQRT_2PI  # (B, C, F, H, W)
-    log_prob = torch.where(stochastic, log_prob, torch.zeros_like(log_prob))
-    log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))  # (B,)
-    return SDEStep(prev_sample, log_prob, mean, std)
+    return _gaussian_step(x, v, s, s_next, mean, std, sample, prev_sample, generator)
 
 
 SDEType = Literal["flow", "cps"]

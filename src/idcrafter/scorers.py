@@ -67,16 +67,18 @@ def report_from_judge(report: Any) -> ScoreReport:
 class SpritesScorer:
     """The SpriteWorld judge (`idcrafter.judge.judge.Judge`) behind the scorer protocol.
 
-    `variant="audit"` loads the independent audit judge (`Judge.load_audit`, never to be used as
-    a reward); missing parts raise `MissingWeightsError` naming them.
+    `variant="audit"` loads the independent audit judge (`judge.audit.AuditJudge`: held-out
+    evaluation and the hacking monitor only; rewards refuse it with `AuditRewardError`); missing
+    parts raise `MissingWeightsError` naming them.
     """
 
     def __init__(self, folder: str | Path | None = None, variant: str = "main", judge: Any = None):
         if variant not in ("main", "audit"):
             raise InputError(f"unknown SpriteWorld judge variant {variant!r}: choose main or audit")
-        self.variant = variant
-        self.name = "sprites" if variant == "main" else "sprites-audit"
         self.judge = judge if judge is not None else _load_judge(folder, variant)
+        # a folder of audit parts loads as the audit judge whatever was asked (its marker)
+        self.variant = "audit" if getattr(self.judge, "kind", None) == "audit" else variant
+        self.name = "sprites" if self.variant == "main" else "sprites-audit"
 
     def score(self, frames: np.ndarray, refs: Sequence[np.ndarray], prompt: str | None = None,
               ref_attributes: Sequence[dict[str, int] | None] | None = None) -> ScoreReport:
@@ -108,7 +110,9 @@ def _build_judge(folder: str | Path | None, variant: str) -> Any:
 
     if variant == "main":
         return Judge.load(folder)
-    return Judge.load_audit(folder)
+    from idcrafter.judge.audit import AuditJudge
+
+    return AuditJudge.load(folder)
 
 
 class RealFaceScorer:

@@ -78,7 +78,8 @@ def load_generator(model: Path, device: str | None = None):
 
 
 #: pipeline classes `idcrafter eval --model` can load (class name -> "module:Class")
-GENERATORS = {"IDCrafterPipeline": "idcrafter.pipeline:IDCrafterPipeline"}
+GENERATORS = {"IDCrafterPipeline": "idcrafter.pipeline:IDCrafterPipeline",
+              "PhantomPipeline": "idcrafter.peer:PhantomPipeline"}  # the issue-15 peer
 
 
 def _check_out(spec: RunSpec, keys: list[str]) -> None:

@@ -79,12 +79,12 @@ def adversarial_validation(judge, num_casts: int = 12, seed: int = 1234, frames:
     for i, ex in enumerate(tqdm(adversarial_cases(num_casts, seed, frames, subjects), desc="adversarial casts",
                                 disable=not progress)):
         refs = list(ex.refs)
-        gt = judge.score(ex.clip.frames, refs, ex.caption).metrics
+        gt = judge.score(ex.clip.frames, refs, ex.caption, threads=1).metrics
         rows["ground_truth"].append(gt)
         case = {"caption": ex.caption, "subjects": len(refs), "totals": {"ground_truth": gt["total"]},
                 "contradicts": []}
         for kind, (video, contradicts) in attack_videos(ex, seed * 1000 + i, kinds).items():
-            m = judge.score(video, refs, ex.caption).metrics
+            m = judge.score(video, refs, ex.caption, threads=1).metrics
             case["totals"][kind] = m["total"]
             if contradicts:
                 case["contradicts"].append(kind)
@@ -153,7 +153,7 @@ def progress_series(judge, num_casts: int = 6, seed: int = 4321, severities: Seq
     for i, ex in enumerate(tqdm(cases, desc="progress series", disable=not progress)):
         for s in severities:
             rng = np.random.default_rng([seed, i, int(1000 * s)])
-            synth[s].append(judge.score(generator_like(ex, rng, s), list(ex.refs), ex.caption).metrics["total"])
+            synth[s].append(judge.score(generator_like(ex, rng, s), list(ex.refs), ex.caption, threads=1).metrics["total"])
     means = [float(np.mean(synth[s])) for s in severities]
     out = {"synthetic": {f"severity_{s}": m for s, m in zip(severities, means)},
            "synthetic_spearman": float(spearmanr(np.arange(len(means)), means)[0])}
@@ -172,4 +172,4 @@ def _pipeline_total(judge, pipe, cases: list, steps: int) -> float:
     todo = [Case(key=str(i), prompt=ex.caption, references=list(ex.refs), seed=i, size=ex.clip.frames.shape[:3])
             for i, ex in enumerate(cases)]
     clips = generate(pipe, todo, GenerationSettings(steps=steps, guidance=2.5))
-    return float(np.mean([judge.score(c, list(ex.refs), ex.caption).metrics["total"] for c, ex in zip(clips, cases)]))
+    return float(np.mean([judge.score(c, list(ex.refs), ex.caption, threads=1).metrics["total"] for c, ex in zip(clips, cases)]))

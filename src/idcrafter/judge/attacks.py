@@ -61,19 +61,28 @@ def camera_shake(frames: np.ndarray, rng: np.random.Generator, amplitude: float 
 
 # ----------------------------------------------------------------------------- freezes
 
+def _regain(frames: np.ndarray, rng: np.random.Generator, spread: float = 0.12) -> np.ndarray:
+    """The whole clip's brightness times one gain drawn from U(1 - spread, 1 + spread), the
+    same for every frame: a still frame a little brighter or darker is still a still frame."""
+    g = 1 + float(rng.uniform(-spread, spread))
+    return np.clip(frames.astype(np.float32) * g + 0.5, 0, 255).astype(np.uint8)
+
+
 def frozen(ex: Example, rng: np.random.Generator) -> np.ndarray:
-    """One frame (the first half the time, else a random one) held for the whole clip."""
+    """One frame (the first half the time, else a random one) held for the whole clip, at a
+    brightness gain of 0.88-1.12."""
     f = ex.clip.frames
     i = 0 if rng.random() < 0.5 else int(rng.integers(len(f)))
-    return np.repeat(f[i:i + 1], len(f), 0)
+    return _regain(np.repeat(f[i:i + 1], len(f), 0), rng)
 
 
 def partial_freeze(ex: Example, rng: np.random.Generator) -> np.ndarray:
-    """The clip plays for its first 0-25% of frames, then the whole frame holds."""
+    """The clip plays for its first 0-25% of frames, then the whole frame holds (brightness
+    gain 0.88-1.12 over the whole clip)."""
     f = ex.clip.frames.copy()
     stop = int(rng.integers(0, max(1, len(f) // 4) + 1))
     f[stop:] = f[stop]
-    return f
+    return _regain(f, rng)
 
 
 def frozen_shake(ex: Example, rng: np.random.Generator) -> np.ndarray:

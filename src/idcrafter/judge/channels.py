@@ -115,6 +115,18 @@ def identity_credit(face_k: float, subject_k: float) -> float:
     return _ramp(0.5 * (face_k + subject_k), IDENTITY_LO, IDENTITY_HI)
 
 
+SIMILARITY_LO, SIMILARITY_HI = 0.2, 0.8  # cosine of a stranger / of the judge's own ground truth
+
+
+def similarity_credit(similarity: float) -> float:
+    """A subject's face or subject cosine with its reference as credit in [0, 1] for `total`:
+    ramp from SIMILARITY_LO (other held-out people score 0.1-0.3) to SIMILARITY_HI (ground truth
+    scores 0.8-0.95 against its own references, so the instrument's ceiling counts in full and
+    a render is never marked down for the embedder's own spread). The raw cosines are reported
+    as they are (`face_sim_mean`, `subject_sim`)."""
+    return _ramp(similarity, SIMILARITY_LO, SIMILARITY_HI)
+
+
 def binding(p_wanted: float, geometry: float | None, alive_k: float, coherence_k: float = 1.0,
             pair: bool = False, identity_k: float = 1.0) -> float:
     """What the caption asks of this subject, done by this subject, in [0, 1].

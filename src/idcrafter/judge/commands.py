@@ -1,9 +1,9 @@
 """The judge's command bodies (`idcrafter world train-judge / validate-judge`), kept out of cli.py.
 
 Two judges: `main` (`assets/judge/`, what rewards use) and `audit` (`assets/judge/audit/`,
-trained apart by `AUDIT_RECIPE`: other seeds, hence other rendered data, other widths and the
-detector also shown images with nobody in them; used by held-out evaluation and the RL hacking
-monitor, never as a reward).
+trained apart by `judge.train.audit.AUDIT_RECIPE`: other seeds, hence other rendered data, other
+widths and the detector also shown images with nobody in them; used by held-out evaluation and
+the RL hacking monitor, never as a reward).
 """
 
 from __future__ import annotations
@@ -14,18 +14,7 @@ from typing import Callable
 
 from idcrafter.errors import InputError
 from idcrafter.judge.train import PARTS, trainer
-
-AUDIT_SEED = 101
-# Smaller budgets than the main judge's (the audit judge is trained on a shared 2-core machine in
-# well under the 20 min per part it would take alone); other seeds render other data.
-AUDIT_RECIPE: dict[str, dict] = {
-    "detector": dict(seed=AUDIT_SEED, width=20, negatives=4, steps=1500, batch=24, num_clips=800),
-    "face": dict(seed=AUDIT_SEED, steps=900, width=32, hidden=160, dim=96, num_clips=4000),
-    "subject": dict(seed=AUDIT_SEED, steps=900, width=20, head_width=20, dim=96, num_clips=4000),
-    "action": dict(seed=AUDIT_SEED, width=40, clips=2000, epochs=15),
-    "quality": dict(seed=AUDIT_SEED, width=20, steps=1500),
-    "critic": dict(seed=AUDIT_SEED, width=20, crop_width=20, steps=1200),
-}
+from idcrafter.judge.train.audit import AUDIT_RECIPE, AUDIT_SEED, train_audit_part  # noqa: F401 (re-exported)
 
 
 def train_judge(part: str, seed: int | None, folder: Path | None, kind: str = "main",
@@ -44,29 +33,14 @@ def train_judge(part: str, seed: int | None, folder: Path | None, kind: str = "m
     target = judge_folder(folder, kind)
     out = {}
     for n in names:
-        kwargs = dict(AUDIT_RECIPE[n]) if kind == "audit" else {}
-        if seed is not None:
-            kwargs["seed"] = seed
-        echo(f"== {kind} judge: {n} {kwargs}")
-        out[n] = trainer(n)(folder=target, **kwargs)
         if kind == "audit":
-            _note_audit(target / f"{n}.md", n, kwargs)
+            echo(f"== audit judge: {n} {AUDIT_RECIPE[n]}")
+            out[n] = train_audit_part(n, target, seed)
+            continue
+        kwargs = {} if seed is None else {"seed": seed}
+        echo(f"== main judge: {n} {kwargs}")
+        out[n] = trainer(n)(folder=target, **kwargs)
     return out
-
-
-def _note_audit(card: Path, part: str, kwargs: dict) -> None:
-    """Say in a part's card that it belongs to the audit judge and how it was called."""
-    from idcrafter.utils.io import atomic_write_text
-
-    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    atomic_write_text(card, card.read_text() + f"""
-## Audit judge
-
-Part of the audit judge (`assets/judge/audit/`: never a reward). Trained by
-`idcrafter world train-judge --judge audit --part {part}`, i.e. the trainer called with
-`{args}` (`idcrafter.judge.commands.AUDIT_RECIPE`); the command line above is that of the
-trainer's defaults.
-""")
 
 
 def validate(kind: str, folder: Path | None, clips: int, seed: int, adversarial: bool, casts: int,

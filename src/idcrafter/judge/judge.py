@@ -1,11 +1,12 @@
 """The SpriteWorld judge (v2): scores a clip against its references (and prompt).
 
 Pipeline: references -> detector (one subject each) -> face / subject / attribute embeddings;
-clip -> detector per frame -> tracks -> per-track mean embeddings -> Hungarian matching of
+clip -> detector per frame -> tracks, re-cut and re-joined by identity (`relink.py`) -> per-track
+mean embeddings -> Hungarian matching of
 references to tracks -> per subject: face_sim, subject_sim, leakage, own motion (camera and
 light compensated, `temporal.py`), copy-paste, the caption's action done by this subject
 (`binding`) -> plausibility checks, quality (sharpness x realism critic) -> `total`
-(`metrics.TotalWeights`).
+(`metrics.TotalWeights`; similarities enter it as credit, `channels.similarity_credit`).
 
 Two judges share this class: the main judge (`Judge.load()`, `assets/judge/`), which rewards
 use, and the audit judge (`Judge.load(kind="audit")`, `assets/judge/audit/`), trained apart
@@ -28,7 +29,7 @@ from idcrafter.judge import channels as C
 from idcrafter.judge import metrics as M
 from idcrafter.judge import temporal as TM
 from idcrafter.judge.crops import body_crop, head_crop
-from idcrafter.judge.tracking import _anchor, detect_tracks
+from idcrafter.judge.tracking import _anchor
 from idcrafter.world.scene import ACTIONS, MAX_SUBJECTS, PAIR_ACTIONS, subject_mask
 
 KINDS = ("main", "audit")
@@ -96,7 +97,10 @@ class Judge:
         from idcrafter.judge.embedders import SpriteFaceEmbedder, SpriteSubjectEmbedder
         from idcrafter.judge.quality import QualityModel
 
+        from idcrafter.judge.parts import is_audit_folder
+
         f = judge_folder(folder, kind)
+        kind = "audit" if is_audit_folder(f) else kind  # the audit parts are the audit judge, however loaded
         critic = RealismCritic.load(f) if (f / "critic.safetensors").is_file() else None  # TODO(C): require
         return cls(SpriteDetector.load(f), SpriteFaceEmbedder.load(f), SpriteSubjectEmbedder.load(f),
                    ActionRecognizer.load(f), QualityModel.load(f), critic, kind=kind)
@@ -131,52 +135,83 @@ class Judge:
                 "attributes": attributes, "masks": [subject_mask(r) for r in prepared]}
 
     # ------------------------------------------------------------------ clip
-    def _track_embeddings(self, frames: np.ndarray, tracks) -> dict:
-        """Per-track mean face / subject embeddings (re-normalised), per-frame face embeddings,
-        summed attribute log-probs, mean detector scores and mean P(person) of its crops."""
-        heads, bodies, owner, scores = [], [], [], []
-        for j, tr in enumerate(tracks):
+    def _detection_features(self, frames: np.ndarray, tracks) -> dict[int, tuple]:
+        """Per detection of `tracks` (keyed by `id(detection)`): its face embedding, subject
+        embedding, attribute log-probs, P(person) of its body crop and its detector score."""
+        heads, bodies, keys, scores = [], [], [], []
+        for tr in tracks:
             for f, d in enumerate(tr.frames):
                 if d is not None:
                     heads.append(head_crop(frames[f], d.head))
                     bodies.append(body_crop(frames[f], d.box))
-                    owner.append(j)
-                    scores.append(d.score)
-        n = len(tracks)
-        if not owner:
-            return {"face": np.zeros((0, self.face.dim)), "subject": np.zeros((0, self.subject.dim)),
-                    "per_frame": [], "attributes": [], "scores": [], "person": []}
+                    keys.append(id(d))
+                    scores.append(float(d.score))
+        if not keys:
+            return {}
         fe = self.face.embed_crops(np.stack(heads))
         se, lps = self.subject.embed_with_attributes(np.stack(bodies))
-        owner_a, scores_a = np.array(owner), np.array(scores)
-        person = self.critic.subject_realism(np.stack(bodies)) if self.critic is not None else np.ones(len(owner))
+        person = self.critic.subject_realism(np.stack(bodies)) if self.critic is not None else np.ones(len(keys))
+        return {key: (fe[i], se[i], lps[i], float(person[i]), scores[i]) for i, key in enumerate(keys)}
 
-        def mean_norm(e, j):
-            m = e[owner_a == j].mean(0)
+    def _track_embeddings(self, frames: np.ndarray, tracks, feats: dict[int, tuple] | None = None) -> dict:
+        """Per-track mean face / subject embeddings (re-normalised), per-frame face embeddings,
+        summed attribute log-probs, mean detector scores and mean P(person) of its crops
+        (`feats`: `_detection_features` already computed for these detections)."""
+        feats = self._detection_features(frames, tracks) if feats is None else feats
+        rows = [[feats[id(d)] for d in tr.frames if d is not None] for tr in tracks]
+        if not any(rows):
+            return {"face": np.zeros((0, self.face.dim)), "subject": np.zeros((0, self.subject.dim)),
+                    "per_frame": [], "attributes": [], "scores": [], "person": []}
+
+        def mean_norm(vs):
+            m = np.mean(vs, 0)
             return m / max(np.linalg.norm(m), 1e-8)
 
-        attrs = [{a: sum(lps[i][a] for i in np.flatnonzero(owner_a == j)) for a in lps[0]} for j in range(n)]
-        return {"face": np.stack([mean_norm(fe, j) for j in range(n)]),
-                "subject": np.stack([mean_norm(se, j) for j in range(n)]),
-                "per_frame": [fe[owner_a == j] for j in range(n)], "attributes": attrs,
-                "scores": [float(scores_a[owner_a == j].mean()) for j in range(n)],
-                "person": [float(person[owner_a == j].mean()) for j in range(n)]}
+        return {"face": np.stack([mean_norm([r[0] for r in rs]) for rs in rows]),
+                "subject": np.stack([mean_norm([r[1] for r in rs]) for rs in rows]),
+                "per_frame": [np.stack([r[0] for r in rs]) for rs in rows],
+                "attributes": [{a: sum(r[2][a] for r in rs) for a in rs[0][2]} for rs in rows],
+                "scores": [float(np.mean([r[4] for r in rs])) for rs in rows],
+                "person": [float(np.mean([r[3] for r in rs])) for rs in rows]}
+
+    def _tracks(self, frames: np.ndarray, ref: dict):
+        """(detections per frame, tracks, fragments, detection features): the tracker's tracks
+        re-cut and re-joined by identity (`relink.py`)."""
+        from idcrafter.judge.relink import relink
+        from idcrafter.judge.tracking import MIN_TRACK_PRESENCE, link_tracks
+
+        dets = self.detector.detect_video(frames)
+        raw = link_tracks(dets)
+        feats = self._detection_features(frames, raw)
+        sims = [np.array([0.5 * (ref["face"] @ feats[id(d)][0] + ref["subject"] @ feats[id(d)][1])
+                          for d in tr.frames if d is not None]) for tr in raw]  # (n_j, K) each
+        tracks, fragments = relink(raw, sims, max(1, MIN_TRACK_PRESENCE * len(frames)))
+        return dets, tracks, fragments, feats
 
     def score(self, frames: np.ndarray, refs: Sequence[np.ndarray], prompt: str | None = None,
-              ref_attributes: Sequence[dict[str, int] | None] | None = None) -> JudgeReport:
+              ref_attributes: Sequence[dict[str, int] | None] | None = None,
+              threads: int | None = None) -> JudgeReport:
         """Measure one clip (T, H, W, 3) uint8 against its references (and prompt).
 
         ref_attributes (audit judge): per reference, its true attributes ({name: value}, e.g.
-        `Identity.attributes()`) when known; otherwise they are read from the reference image.
-        Runs single-threaded: the judge's networks are tiny, and on a busy 2-core machine
-        multi-threaded kernels this small were measured 70x slower (thread contention).
+        `Identity.attributes()`) when known; otherwise they are decoded from the reference image
+        (exact for a clean render) or read by the heads (`attributes.reference_truth`).
+        threads: None (default) leaves torch's process-wide thread count alone; a number runs
+        the measurement with that many torch threads and restores the caller's count after
+        (even on error). `threads=1` is the fast choice on a busy machine: the judge's networks
+        are tiny, and on a loaded 2-core CPU multi-threaded kernels this small were measured
+        70x slower (thread contention). The figures do not depend on it.
         """
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        if threads is None:
+            return self._score(frames, list(refs), prompt, ref_attributes)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise InputError(f"threads must be a whole number >= 1 (or None to leave torch's setting), got {threads!r}")
+        saved = torch.get_num_threads()
+        torch.set_num_threads(threads)
         try:
             return self._score(frames, list(refs), prompt, ref_attributes)
         finally:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(saved)
 
     def _score(self, frames: np.ndarray, refs: list[np.ndarray], prompt: str | None,
                ref_attributes) -> JudgeReport:
@@ -192,8 +227,8 @@ class Judge:
                              f"reference (None where unknown)")
         ref = self.encode_references(refs)
         k = len(refs)
-        dets, tracks, fragments = detect_tracks(self.detector, frames, with_fragments=True)
-        emb = self._track_embeddings(frames, tracks)
+        dets, tracks, fragments, feats = self._tracks(frames, ref)
+        emb = self._track_embeddings(frames, tracks, feats)
         face_sim, subj_sim = ref["face"] @ emb["face"].T, ref["subject"] @ emb["subject"].T  # (K, N)
         sim = 0.5 * (face_sim + subj_sim)
         match = M.hungarian(sim)
@@ -213,14 +248,19 @@ class Judge:
             alive=float(np.mean([s["alive"] for s in subjects])), lifelike=C.lifelike_check(emb["person"], match))
         sharp = float(self.quality.score(frames))
         real = min(1.0, self.critic.realism(frames) / self.critic.full) if self.critic is not None else 1.0
-        cp = [s["copy_paste"] for s in subjects]
+        # copy-paste of what is shown: the mean over the references found in the clip (an absent
+        # subject is no paste; its absence costs in `natural` and `binding` instead)
+        cp = [s["copy_paste"] for s, j in zip(subjects, match) if j >= 0] or [0.0]
+        face_c = [C.similarity_credit(float(v)) for v in face_k]
+        subj_c = [C.similarity_credit(float(v)) for v in subj_k]
         metrics: dict[str, float | None] = {
             "face_sim_mean": float(face_k.mean()), "face_sim_min": float(face_k.min()),
             "subject_sim": float(subj_k.mean()), "leakage": float(leak_k.mean()),
             "motion": float(np.mean([s["motion"] for s in subjects])),
             "action_acc": bind["action_acc"], "binding": bind["binding"],
-            "face_bound": C.bound_fidelity(list(face_k), bind["binding_k"]) if mentions else None,
-            "subject_bound": C.bound_fidelity(list(subj_k), bind["binding_k"]) if mentions else None,
+            "face_credit": float(np.mean(face_c)), "subject_credit": float(np.mean(subj_c)),
+            "face_bound": C.bound_fidelity(face_c, bind["binding_k"]) if mentions else None,
+            "subject_bound": C.bound_fidelity(subj_c, bind["binding_k"]) if mentions else None,
             "quality": sharp * real, "natural": plaus.natural,
             "copy_paste": float(np.mean(cp)), "copy_paste_max": float(max(cp)),
         }
@@ -315,12 +355,15 @@ class Judge:
                 "per_subject": per}
 
     def _attributes(self, ref: dict, emb: dict, match: list[int], ref_attributes, subjects: list[dict]) -> dict:
-        """Audit: each matched subject's nine attributes read from its track vs the reference's."""
-        from idcrafter.judge.attributes import attribute_accuracy
+        """Audit: each matched subject's nine attributes read from its track vs the reference's true
+        ones (given, else decoded from the reference render, else read: `attributes.reference_truth`)."""
+        from idcrafter.judge.attributes import ATTR_NAMES, attribute_accuracy, reference_truth, wrong_attributes
 
         accs = []
         for r, j in enumerate(match):
             known = ref_attributes[r] if ref_attributes is not None else None
-            accs.append(attribute_accuracy(emb["attributes"][j], ref["attributes"][r], known) if j >= 0 else 0.0)
-            subjects[r]["attr_acc"] = accs[-1]
+            truth, source = reference_truth(known, ref["images"][r], ref["attributes"][r])
+            accs.append(attribute_accuracy(emb["attributes"][j], ref["attributes"][r], truth) if j >= 0 else 0.0)
+            subjects[r].update(attr_acc=accs[-1], attr_source=source,
+                               attr_wrong=wrong_attributes(emb["attributes"][j], truth) if j >= 0 else list(ATTR_NAMES))
         return {"attr_acc_mean": float(np.mean(accs)), "attr_acc_min": float(np.min(accs))}

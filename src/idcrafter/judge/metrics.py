@@ -76,19 +76,21 @@ class TotalWeights:
     subject_sim <- GME, prompt adherence (binding, 1 - leakage) <- Nexus, natural <- Natural;
     judge v2 moves weight to `binding` (each subject doing what the caption asks of *it*: the
     only channel an identity swap changes, so it must be able to cost a swapped clip 0.3), and
-    with a prompt counts identity as `face_bound` / `subject_bound` (each subject's similarity x
-    (0.5 + 0.5 its binding), `channels.bound_fidelity`) in place of face_sim_mean / subject_sim;
+    counts each subject's cosine as credit (`channels.similarity_credit`: 0 at a stranger's 0.2,
+    full at the ground truth's 0.8; `face_credit` / `subject_credit`, means over subjects, when
+    given, else the raw means), and with a prompt counts identity as `face_bound` /
+    `subject_bound` (each subject's credit x (0.5 + 0.5 its binding), `channels.bound_fidelity`);
     it adds the penalty (OpenS2V has no copy-paste term; a pasted, frozen reference otherwise
     scores near a perfect video). The weights are set so that the adversarial validation
     (`adversarial.py`) meets its targets; the README has the table. Without a prompt
     (`binding` None or absent) the binding term is dropped and the others are renormalised.
     """
 
-    quality: float = 0.10
-    motion: float = 0.04
-    face_sim_mean: float = 0.14
+    quality: float = 0.12
+    motion: float = 0.02
+    face_sim_mean: float = 0.12
     subject_sim: float = 0.06
-    binding: float = 0.35
+    binding: float = 0.37
     no_leakage: float = 0.04
     natural: float = 0.27
     copy_paste: float = 0.30  # a penalty, subtracted
@@ -96,14 +98,16 @@ class TotalWeights:
     def total(self, m: dict) -> float:
         w = asdict(self)
         penalty = w.pop("copy_paste") * float(np.clip(m.get("copy_paste", 0.0), 0, 1))
-        parts = {"quality": m["quality"], "motion": m["motion"], "face_sim_mean": m["face_sim_mean"],
-                 "subject_sim": m["subject_sim"], "no_leakage": 1 - m["leakage"], "natural": m["natural"]}
+        parts = {"quality": m["quality"], "motion": m["motion"],
+                 "face_sim_mean": m.get("face_credit", m["face_sim_mean"]),
+                 "subject_sim": m.get("subject_credit", m["subject_sim"]),
+                 "no_leakage": 1 - m["leakage"], "natural": m["natural"]}
         if m.get("binding") is None:
             w.pop("binding")
         else:
             parts["binding"] = m["binding"]
-            parts["face_sim_mean"] = m.get("face_bound", m["face_sim_mean"])
-            parts["subject_sim"] = m.get("subject_bound", m["subject_sim"])
+            parts["face_sim_mean"] = m.get("face_bound", parts["face_sim_mean"])
+            parts["subject_sim"] = m.get("subject_bound", parts["subject_sim"])
         base = sum(w[k] * float(np.clip(v, 0, 1)) for k, v in parts.items()) / sum(w.values())
         return float(np.clip(base - penalty, 0, 1))
 

@@ -30,6 +30,14 @@ def judge_dir() -> Path:
     return assets_dir() / "judge"
 
 
+AUDIT_MARKER = "audit.json"  # written beside the audit judge's parts (`judge.train.audit`)
+
+
+def is_audit_folder(folder: str | Path | None) -> bool:
+    """Whether `folder` holds the audit judge's parts (its marker file is there)."""
+    return folder is not None and (Path(folder) / AUDIT_MARKER).is_file()
+
+
 def save_part(model: nn.Module, name: str, config: dict, card: str, folder: Path | None = None) -> Path:
     """Atomically write `<folder>/<name>.safetensors` (config in its metadata) and `<name>.md`."""
     from safetensors.torch import save

@@ -70,7 +70,7 @@ def pasted_example(seed: int, i: int, config: WorldConfig):
 def _score_many(judge, items, desc: str, progress: bool) -> list[dict]:
     out = []
     for frames, refs, caption in tqdm(items, desc=desc, disable=not progress):
-        out.append(judge.score(frames, refs, caption).metrics)
+        out.append(judge.score(frames, refs, caption, threads=1).metrics)
     return out
 
 

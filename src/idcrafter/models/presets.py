@@ -61,3 +61,22 @@ def wan_config(name: str) -> dict[str, Any]:
             "text_dim", "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "rope_max_seq_len")
     cfg = {**dict(patch_size=(1, 2, 2), cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6), **PRESETS[name]}
     return {k: cfg[k] for k in keys if k in cfg}
+
+
+#: transformer classes a preset can select with its `architecture` key ("module:Class")
+ARCHITECTURES: dict[str, str] = {
+    "idcrafter": "idcrafter.models.transformer:IDCrafterTransformer3DModel",
+    "phantom": "idcrafter.models.phantom:PhantomTransformer3DModel",  # the issue-15 peer
+}
+
+
+def transformer_class(architecture: str) -> type:
+    """The transformer class of an `architecture` name (ours by default, or a peer)."""
+    import importlib
+
+    from idcrafter.errors import InputError
+
+    if architecture not in ARCHITECTURES:
+        raise InputError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    module, _, name = ARCHITECTURES[architecture].partition(":")
+    return getattr(importlib.import_module(module), name)

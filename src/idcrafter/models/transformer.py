@@ -430,7 +430,6 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         b, _, f, h, w = hidden_states.shape
         if cache.batch_size != b:
             raise InputError(f"condition cache was built for batch {cache.batch_size}, got latents of batch {b}")
-        p_t, p_h, p_w = self.config.patch_size
         rotary_emb = self.rope(hidden_states)
         x = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # (B, L, C)
         temb, timestep_proj = self._time_embedding(timestep, cache.dtype)
@@ -440,6 +439,14 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 x = self._gradient_checkpointing_func(block, x, timestep_proj, rotary_emb, cache.text_kv[i], skv)
             else:
                 x = block(x, timestep_proj, rotary_emb, cache.text_kv[i], skv)
+        out = self._unpatchify_output(x, temb, (b, f, h, w))  # (B, C, F, H, W)
+        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+
+    def _unpatchify_output(self, x: torch.Tensor, temb: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:
+        """Wan's output head: modulated norm, projection, tokens (B, L, C) -> latents (B, C, F, H, W)
+        of `size` = (B, F, H, W) in latent units (shared with `models.phantom`)."""
+        b, f, h, w = size
+        p_t, p_h, p_w = self.config.patch_size
         if temb.ndim == 3:
             shift, scale = (self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
             shift, scale = shift.squeeze(2), scale.squeeze(2)
@@ -448,8 +455,7 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         x = (self.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
         x = self.proj_out(x)
         x = x.reshape(b, f // p_t, h // p_h, w // p_w, p_t, p_h, p_w, -1)
-        out = x.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)  # (B, C, F, H, W)
-        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+        return x.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)  # (B, C, F, H, W)
 
     def _time_embedding(self, timestep: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Wan's time embedding: temb (B, C) or (B, L, C) and its 6-way projection."""

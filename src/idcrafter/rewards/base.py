@@ -108,6 +108,21 @@ class RewardOutput:
         return rows
 
 
+def _refusing_audit(init: Any) -> Any:
+    """`init`, then (in the outermost `__init__` only, when the reward is whole) the audit check:
+    a reward built on the audit judge raises `AuditRewardError`."""
+    import functools
+
+    @functools.wraps(init)
+    def checked(self: "Reward", *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if type(self).__init__ is checked:
+            from idcrafter.judge.audit import refuse_as_reward
+
+            refuse_as_reward(self)
+    return checked
+
+
 def _join(a: str | None, b: str | None) -> str | None:
     parts = [p for p in (a, b) if p]
     return "; ".join(parts) if parts else None
@@ -119,6 +134,12 @@ class Reward:
 
     name: ClassVar[str] = "reward"
     components: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # every reward, once built, refuses the audit judge (`judge.audit.refuse_as_reward`)
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _refusing_audit(cls.__dict__["__init__"])  # type: ignore[method-assign]
 
     def __init__(self, device: str | torch.device = "cpu", weights: str | Path | None = None, fill: float = 0.0):
         self.device = torch.device(device)

@@ -13,8 +13,9 @@ The reference (`Reference.active()`, a context under which the live model *is* t
   weights only. The reference forward must run *before* the policy forward whose graph is
   backpropagated (a swap writes the weights in place).
 
-`Shadow` is a named copy of the trainable weights with an EMA `update(decay)` and the same swap
-(`active()`): NFT's "old" policy that rolls out and gives v_old.
+`Shadow` (`train.ema.Shadow`, the one implementation the training EMA also builds on) is a named
+float32 copy of the trainable weights with an EMA `update(decay)` and the swap `active()`: the
+reference's frozen copy, and NFT's "old" policy that rolls out and gives v_old.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-import torch
 from torch import nn
 
+from idcrafter.train.ema import Shadow
 from idcrafter.train.modes import setup_trainable
+
+__all__ = ["Reference", "Shadow", "rl_trainable"]
 
 
 def rl_trainable(model: nn.Module, train_cfg) -> dict[str, nn.Parameter]:
@@ -37,43 +40,6 @@ def rl_trainable(model: nn.Module, train_cfg) -> dict[str, nn.Parameter]:
                 p.requires_grad_(False)
         trainable = {n: p for n, p in trainable.items() if "lora_" in n}
     return trainable
-
-
-class Shadow:
-    """A float32 copy of named weights that can be swapped into the live parameters."""
-
-    def __init__(self, params: dict[str, nn.Parameter]):
-        self.params = params
-        self.values = {n: p.detach().float().clone() for n, p in params.items()}
-
-    @torch.no_grad()
-    def update(self, decay: float) -> None:
-        """values <- decay * values + (1 - decay) * params."""
-        for n, p in self.params.items():
-            self.values[n].lerp_(p.detach().float(), 1 - decay)
-
-    @contextmanager
-    def active(self) -> Iterator[None]:
-        """The shadow values in the model for the block, the live ones restored exactly after."""
-        backup = {n: p.detach().clone() for n, p in self.params.items()}
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(self.values[n].to(p.dtype))
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for n, p in self.params.items():
-                    p.copy_(backup[n])
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.values)
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if set(state) != set(self.values):
-            raise KeyError("shadow weights do not match the trainable weights")
-        for n, t in state.items():
-            self.values[n].copy_(t)
 
 
 class Reference:

@@ -24,6 +24,14 @@ Two backbones behind one interface (`score(videos, references, prompts) -> (B,)`
 Departure from Identity-GRPO: the embedded model reads the prompt only through the judge's
 summary (who should do what: action accuracy and binding), not as text; a swap of identities
 between subjects is invisible without it. The Qwen path reads the prompt as the paper's does.
+
+Both read the prompt, so `score` and `features` take the prompts as a required argument (one per
+clip): a score without them is another function than the one trained (the summary's
+prompt-dependent readings fall back to 0.5), which is how an exported model once "differed" from
+the reward serving it. The embedded model is also a function of the judge's weights: its saved
+config records the SHA-256 of each judge part file it read (`judge_fingerprint`), and
+`load_reward_model` refuses a judge whose parts changed since (retrained, or a part such as the
+critic added), instead of silently scoring with other features. The judge's code is not covered.
 """
 
 from __future__ import annotations
@@ -41,6 +49,32 @@ from torch import nn
 from idcrafter.errors import InputError, MissingWeightsError
 
 REWARD_TOKEN = "<|reward|>"
+
+
+def _check_prompts(prompts: Sequence[str | None] | None, n: int) -> list[str | None]:
+    if prompts is None or isinstance(prompts, str) or len(prompts) != n:
+        raise InputError(f"the reward model reads each clip's prompt: pass a list of {n} prompts "
+                         f"(got {'none' if prompts is None else repr(prompts)[:60]})")
+    return list(prompts)
+
+
+# the judge parts `Judge.load` reads (the critic is optional there: recorded as absent)
+JUDGE_PARTS = ("detector", "face", "subject", "action", "quality", "critic")
+
+
+def judge_fingerprint(folder: str | Path | None) -> dict[str, str | None]:
+    """{part: SHA-256 of `<judge folder>/<part>.safetensors`, or None when absent}: the frozen
+    feature extractor of the embedded reward model (default folder `assets/judge`)."""
+    import hashlib
+
+    from idcrafter.judge.judge import judge_folder
+
+    base = judge_folder(folder, "main")
+    out: dict[str, str | None] = {}
+    for part in JUDGE_PARTS:
+        f = base / f"{part}.safetensors"
+        out[part] = hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else None
+    return out
 
 
 def sample_frames(video: np.ndarray, n: int) -> np.ndarray:
@@ -100,7 +134,7 @@ class SpriteFeaturizer:
 
     @torch.no_grad()
     def __call__(self, videos: Sequence[np.ndarray], references: Sequence[Sequence[np.ndarray]],
-                 prompts: Sequence[str | None] | None = None) -> SpriteFeatures:
+                 prompts: Sequence[str | None]) -> SpriteFeatures:
         from idcrafter.judge.crops import body_crop, head_crop
         from idcrafter.judge.judge import check_video
 
@@ -111,7 +145,7 @@ class SpriteFeaturizer:
         dets = torch.zeros(b, n, m, d + 5)
         det_mask = torch.zeros(b, n, m, dtype=torch.bool)
         summary = torch.zeros(b, len(SUMMARY_METRICS) + len(SUMMARY_CHECKS))
-        prompts = list(prompts) if prompts is not None else [None] * b
+        prompts = _check_prompts(prompts, b)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the judge's nets are tiny: one thread is fastest (judge.score)
         try:
@@ -199,21 +233,21 @@ class SpriteRewardModel(nn.Module):
     def __init__(self, frames: int = 5, dim: int = 64, layers: int = 2, heads: int = 4,
                  judge_folder: str | None = None):
         super().__init__()
-        self.config = dict(backbone="sprites", frames=frames, dim=dim, layers=layers, heads=heads,
-                           judge_folder=judge_folder)
         self.featurizer = SpriteFeaturizer(judge_folder, frames)
+        self.config = dict(backbone="sprites", frames=frames, dim=dim, layers=layers, heads=heads,
+                           judge_folder=judge_folder, judge_sha256=judge_fingerprint(judge_folder))
         self.head = SpriteRewardHead(self.featurizer.dim, dim, layers, heads, frames,
                                      face_dim=self.featurizer.judge.face.dim,
                                      summary_dim=len(SUMMARY_METRICS) + len(SUMMARY_CHECKS))
 
-    def features(self, videos, references, prompts=None) -> SpriteFeatures:
+    def features(self, videos, references, prompts: Sequence[str | None]) -> SpriteFeatures:
         return self.featurizer(videos, references, prompts)
 
     def score_features(self, f: SpriteFeatures) -> torch.Tensor:
         return self.head(f)
 
     def score(self, videos: Sequence[np.ndarray], references: Sequence[Sequence[np.ndarray]],
-              prompts: Sequence[str | None] | None = None) -> torch.Tensor:
+              prompts: Sequence[str | None]) -> torch.Tensor:
         return self.head(self.features(videos, references, prompts))
 
     def trainable(self) -> dict[str, nn.Parameter]:
@@ -306,8 +340,8 @@ class QwenRewardModel(nn.Module):
             raise RuntimeError(f"the tokenizer split {REWARD_TOKEN}")
         return dict(input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == image_id).long(), last=last, **vis)
 
-    def score(self, videos, references, prompts=None) -> torch.Tensor:
-        prompts = list(prompts) if prompts is not None else [None] * len(videos)
+    def score(self, videos, references, prompts: Sequence[str | None]) -> torch.Tensor:
+        prompts = _check_prompts(prompts, len(videos))
         inputs = self.build_inputs(videos, references, prompts)
         last = inputs.pop("last")
         device = next(self.head.parameters()).device
@@ -329,14 +363,32 @@ class QwenRewardModel(nn.Module):
 
 # ------------------------------------------------------------------ save / load
 def _save(model: nn.Module, folder: str | Path, state: dict[str, torch.Tensor]) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    from idcrafter.utils.io import atomic_write_json, ensure_dir
+    from idcrafter.utils.io import atomic_write_bytes, atomic_write_json, ensure_dir
 
     folder = ensure_dir(folder)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / "reward_model.safetensors"))
+    atomic_write_bytes(Path(folder) / "reward_model.safetensors",
+                       save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
     atomic_write_json(Path(folder) / "config.json", model.config)
     return Path(folder)
+
+
+def _check_judge(folder: Path, cfg: dict, model: "SpriteRewardModel") -> None:
+    """Refuse a judge whose parts changed since the reward model was trained on its features."""
+    from idcrafter.errors import CorruptFileError
+    from idcrafter.judge.judge import judge_folder
+
+    saved, now = cfg.get("judge_sha256"), model.config["judge_sha256"]
+    if saved is None:  # saved before fingerprints were recorded: nothing to compare
+        return
+    changed = [p for p in sorted(set(saved) | set(now)) if saved.get(p) != now.get(p)]
+    if changed:
+        where = judge_folder(cfg.get("judge_folder"), "main")
+        raise CorruptFileError(
+            f"the reward model in {folder} was trained on the features of the judge in {where}, whose parts "
+            f"{', '.join(changed)} changed since (retrained or added): retrain it with `idcrafter train "
+            f"reward-model`, or set model.judge_path to a copy of the judge it was trained with")
 
 
 def load_reward_model(folder: str | Path) -> nn.Module:
@@ -351,7 +403,9 @@ def load_reward_model(folder: str | Path) -> nn.Module:
     cfg = json.loads(cfg_file.read_text())
     state = load_file(str(weights))
     if cfg.get("backbone") == "sprites":
-        model: nn.Module = SpriteRewardModel(cfg["frames"], cfg["dim"], cfg["layers"], cfg["heads"], cfg["judge_folder"])
+        model: nn.Module = SpriteRewardModel(cfg["frames"], cfg["dim"], cfg["layers"], cfg["heads"],
+                                             cfg["judge_folder"])
+        _check_judge(folder, cfg, model)
         model.head.load_state_dict({k[len("head."):]: v for k, v in state.items()}, strict=True)
     elif cfg.get("backbone") == "qwen":
         model = QwenRewardModel.from_pretrained(cfg["base_path"], cfg["frames"], cfg["lora_rank"], cfg["lora_alpha"])

@@ -4,8 +4,9 @@ reward model (`rl.reward_model`) on preference pairs, on the shared engine.
 Pairs (`pairs.source`): "synthetic" (`rl.distortions.synthetic_pairs`: train identities, the
 distortion kinds `pairs.kinds`), "file" (a pair file, format in `rl.distortions`), or
 "generator" (two samples per train cast of the pipeline in `pairs.path`, ranked by
-`pairs.scorer` -- the audit judge by default -- on `pairs.metric`: `rl.pairs.generator_pairs`). One step: `pairs.batch_size` pairs drawn with a
-generator seeded by (seed, step), BTT loss (k = `model.ties_k`) on the two clips' scores.
+`pairs.scorer` -- the audit judge by default -- on `pairs.metric`: `rl.pairs.generator_pairs`).
+One step: `pairs.batch_size` pairs drawn with a generator seeded by (seed, step), BTT loss
+(k = `model.ties_k`) on the two clips' scores.
 
 Evaluation (every `eval_every` steps and at the end, written to `<run>/eval.json` and the log):
 pairwise accuracy with ties excluded on `pairs.heldout` pairs of *held-out identities* (the
@@ -19,6 +20,7 @@ The embedded backbone's features are frozen, so they are computed once per clip 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -171,14 +173,18 @@ class RewardModelTrainer(Engine):
         return pairs
 
     def _cached_features(self, name: str, pairs: list[Pair]):
-        """`_featurise`, kept in `<run>/features/<name>.safetensors` (a pure function of the pairs and
-        the frozen judge, so a resumed run reads it back instead of recomputing it)."""
+        """`_featurise`, kept in `<run>/features/<name>-<judge>.safetensors` (a pure function of the
+        pairs and the frozen judge, so a resumed run reads it back instead of recomputing it; the
+        file name carries a hash of the judge's part fingerprints, so a retrained judge misses it)."""
+        import hashlib
+
         from idcrafter.rl.reward_model import SpriteFeatures
         from idcrafter.train import checkpoint as ckpt
 
         if self.cfg.model.backbone != "sprites":
             return None
-        path = self.run_dir / "features" / f"{name}.safetensors"
+        judge = hashlib.sha256(json.dumps(self.rm.config["judge_sha256"], sort_keys=True).encode()).hexdigest()[:12]
+        path = self.run_dir / "features" / f"{name}-{judge}.safetensors"
         if self.resume and path.is_file():
             t = ckpt.load_tensors(path)
             if int(t["a.refs"].shape[0]) == len(pairs):
@@ -186,11 +192,13 @@ class RewardModelTrainer(Engine):
                                                                               "summary")}) for side in ("a", "b"))
         feats = self._featurise(pairs)
         if self.is_main:
-            from idcrafter.utils.io import ensure_dir
+            from safetensors.torch import save
+
+            from idcrafter.utils.io import atomic_write_bytes, ensure_dir
 
             ensure_dir(path.parent)
-            ckpt.save_tensors(path, {f"{side}.{k}": v for side, f in zip(("a", "b"), feats)
-                                     for k, v in f.tensors().items()})
+            atomic_write_bytes(path, save({f"{side}.{k}": v.contiguous() for side, f in zip(("a", "b"), feats)
+                                           for k, v in f.tensors().items()}))
         return feats
 
     def _featurise(self, pairs: list[Pair]):

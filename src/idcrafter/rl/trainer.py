@@ -43,6 +43,13 @@ class RLTrainer(Engine):
     run_tool: ClassVar[str] = "idcrafter train rl"
     rollout_mode: ClassVar[str] = "sde"
 
+    def __init__(self, config: Any, run_dir, resume: bool = False, callbacks: list | None = None,
+                 overwrite: bool = False, monitor_scorer: Any = None):
+        """`monitor_scorer`: a scorer object (`idcrafter.scorers.Scorer`) the hacking monitor uses
+        instead of building `monitor.scorer` by name (an audit model held in memory, or a test's)."""
+        super().__init__(config, run_dir, resume=resume, callbacks=callbacks, overwrite=overwrite)
+        self.monitor_scorer = monitor_scorer
+
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
         from idcrafter.rl.rewards import build_reward
@@ -61,7 +68,7 @@ class RLTrainer(Engine):
         if cfg.monitor.every:
             from idcrafter.rl.monitor import HackingMonitor
 
-            self.monitor = HackingMonitor(cfg.monitor, cfg, self.run_dir, self.is_main)
+            self.monitor = HackingMonitor(cfg.monitor, cfg, self.run_dir, self.is_main, scorer=self.monitor_scorer)
             if self.is_main:
                 self.monitor.check_scorer()  # a missing audit judge fails now, not hours into the run
         self.setup_policy()
@@ -93,7 +100,7 @@ class RLTrainer(Engine):
 
     def run_step(self) -> dict[str, Any]:
         i = self.step
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rollouts = self.rollouts(i)
         t1 = time.perf_counter()
         R.score(self.reward, rollouts)
@@ -101,7 +108,9 @@ class RLTrainer(Engine):
         t2 = time.perf_counter()
         metrics.update(self.update(rollouts, i))
         t3 = time.perf_counter()
-        metrics.update(rollout_s=t1 - t0, reward_s=t2 - t1, update_s=t3 - t2)
+        # cpu_s: this process's CPU seconds for the iteration; on a shared machine the wall-clock
+        # figures follow the load, the CPU time follows the algorithm
+        metrics.update(rollout_s=t1 - t0, reward_s=t2 - t1, update_s=t3 - t2, cpu_s=time.process_time() - c0)
         self.last_rollouts = rollouts
         if self.monitor is not None:
             self.monitor.observe_reward(i + 1, metrics["reward"])

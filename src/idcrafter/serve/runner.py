@@ -190,9 +190,6 @@ def load_slot(path: str | Path, device: str | None = None, dtype: str | None = N
     from idcrafter.devices import load_pipeline, resolve_device, resolve_dtype
 
     path = Path(path)
-    if not (path / "model_index.json").is_file():
-        raise MissingWeightsError(f"{path} is not a pipeline folder (no model_index.json): pass the folder "
-                                  f"written by IDCrafterPipeline.save_pretrained, e.g. assets/checkpoints/sprites-sft")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     with warnings.catch_warnings():

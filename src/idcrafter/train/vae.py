@@ -56,6 +56,7 @@ class VAEModelConfig:
     num_res_blocks: int = 1
     temporal_downsample: tuple[bool, ...] = (True, True)
     seed: int = 0
+    init: str | None = None  # start from these weights (a run's checkpoint folder or vae.safetensors)
 
     def build(self):
         from diffusers import AutoencoderKLWan
@@ -87,6 +88,13 @@ class VAELossConfig:
     l1_weight: float = 1.0
     mse_weight: float = 1.0
     kl_weight: float = 1e-6
+    # identity-perceptual terms (`train.vae_identity`): 1 - cos of the judge's frozen face / subject
+    # embeddings of ground-truth head / body windows, clip vs reconstruction; 0 turns a term off
+    face_weight: float = 0.0
+    subject_embed_weight: float = 0.0
+    # adversarial term (`train.vae_gan`): a per-frame patch discriminator, hinge loss; 0 = off
+    gan_weight: float = 0.0
+    gan_lr: float = 2e-4
 
 
 @dataclass
@@ -136,14 +144,21 @@ def _to_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1)
 
 
-def vae_batch(cfg: VAEDataConfig, positions: range, split: str | None = None, seed: int | None = None):
-    """Clips (N, 3, T, H, W), their subject masks (N, 1, T, H, W), references (M, 3, 1, R, R)
-    and their masks, all of SpriteWorld examples at `positions`."""
+def vae_examples(cfg: VAEDataConfig, positions: range, split: str | None = None, seed: int | None = None) -> list:
+    """The SpriteWorld examples at `positions` of (split, seed), default the data config's."""
     from idcrafter.world.dataset import make_example
-    from idcrafter.world.scene import subject_mask
 
     world = _world(cfg)
-    exs = [make_example(cfg.seed if seed is None else seed, p, split or cfg.split, world) for p in positions]
+    return [make_example(cfg.seed if seed is None else seed, p, split or cfg.split, world) for p in positions]
+
+
+def vae_batch(cfg: VAEDataConfig, positions: range, split: str | None = None, seed: int | None = None,
+              examples: list | None = None):
+    """Clips (N, 3, T, H, W), their subject masks (N, 1, T, H, W), references (M, 3, 1, R, R)
+    and their masks, all of SpriteWorld examples at `positions` (or of `examples`)."""
+    from idcrafter.world.scene import subject_mask
+
+    exs = examples if examples is not None else vae_examples(cfg, positions, split, seed)
     clips = np.stack([e.clip.frames for e in exs])  # (N, T, H, W, 3)
     masks = np.stack([e.clip.masks > 0 for e in exs])  # (N, T, H, W): any subject
     refs = np.concatenate([e.refs for e in exs])  # (M, R, R, 3)
@@ -175,6 +190,16 @@ def psnr(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = 
     return 10.0 * math.log10(4.0 / max(mse, 1e-12))
 
 
+def _init_weights(path: str) -> dict[str, torch.Tensor]:
+    """VAE weights from a run's checkpoint folder, a `vae.safetensors` file or an exported folder."""
+    p = Path(path)
+    for cand in (p, p / "vae.safetensors", p / "diffusion_pytorch_model.safetensors"):
+        if cand.is_file():
+            return ckpt.load_tensors(cand)
+    raise InputError(f"model.init={path!r} holds no VAE weights (vae.safetensors or "
+                     "diffusion_pytorch_model.safetensors): pass a VAE checkpoint folder or file")
+
+
 # ---------------------------------------------------------------------------------- trainer
 class VAETrainer:
     """The loop of the module docstring; `run_dir` gets config.json, metrics.jsonl, checkpoints/."""
@@ -193,6 +218,22 @@ class VAETrainer:
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         self.vae = cfg.model.build().train()
+        if cfg.model.init and not resume:
+            self.vae.load_state_dict(_init_weights(cfg.model.init))
+        self.identity = None
+        if cfg.loss.face_weight > 0 or cfg.loss.subject_embed_weight > 0:
+            from idcrafter.train.vae_identity import IdentityLoss
+
+            self.identity = IdentityLoss.load()
+        self.disc = self.disc_opt = None
+        if cfg.loss.gan_weight > 0:
+            from idcrafter.train.vae_gan import PatchDiscriminator
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.model.seed + 1)
+                self.disc = PatchDiscriminator()
+            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=cfg.loss.gan_lr, betas=(0.5, 0.9),
+                                              weight_decay=0.0)
         self.opt, self.sched = cfg.optim.build(list(self.vae.parameters()), cfg.train.steps)
         self.step = 0
         last = ckpt.latest_checkpoint(self.run_dir / "checkpoints") if resume else None
@@ -204,6 +245,9 @@ class VAETrainer:
         self.vae.load_state_dict(ckpt.load_tensors(path / "vae.safetensors"))
         self.opt.load_state_dict(ckpt.load_torch_state(path / "optimizer.pt"))
         self.sched.load_state_dict(ckpt.load_torch_state(path / "scheduler.pt"))
+        if self.disc is not None and (path / "disc.safetensors").is_file():
+            self.disc.load_state_dict(ckpt.load_tensors(path / "disc.safetensors"))
+            self.disc_opt.load_state_dict(ckpt.load_torch_state(path / "disc_optimizer.pt"))
         self.step = int(ckpt.read_json(path / "state.json")["step"])
         log.info("resumed %s at step %d", path, self.step)
 
@@ -212,6 +256,9 @@ class VAETrainer:
         ckpt.save_tensors(tmp / "vae.safetensors", self.vae.state_dict())
         ckpt.save_torch_state(tmp / "optimizer.pt", self.opt.state_dict())
         ckpt.save_torch_state(tmp / "scheduler.pt", self.sched.state_dict())
+        if self.disc is not None:
+            ckpt.save_tensors(tmp / "disc.safetensors", self.disc.state_dict())
+            ckpt.save_torch_state(tmp / "disc_optimizer.pt", self.disc_opt.state_dict())
         atomic_write_json(tmp / "state.json", {"step": self.step})
         final = ckpt.commit(tmp)
         ckpt.prune(self.run_dir / "checkpoints", self.cfg.train.keep_last)
@@ -227,7 +274,8 @@ class VAETrainer:
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
         n = cfg.data.clips
-        clips, cmask, refs, rmask = vae_batch(cfg.data, range(self.step * n, (self.step + 1) * n))
+        exs = vae_examples(cfg.data, range(self.step * n, (self.step + 1) * n))
+        clips, cmask, refs, rmask = vae_batch(cfg.data, range(0), examples=exs)
         g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.step)
         losses = {}
         total = 0.0
@@ -240,14 +288,40 @@ class VAETrainer:
             kl = kl_loss(post.mean, post.logvar)
             total = total + rec + cfg.loss.kl_weight * kl
             losses.update({f"{name}/l1": l1.item(), f"{name}/mse": mse.item(), f"{name}/kl": kl.item()})
+            if name == "clip" and self.identity is not None:
+                from idcrafter.train.vae_identity import Windows
+
+                face, subj = self.identity(recon, x, Windows.from_clips([e.clip for e in exs]))
+                total = total + cfg.loss.face_weight * face + cfg.loss.subject_embed_weight * subj
+                losses.update({"clip/face": face.item(), "clip/subject_embed": subj.item()})
+            if name == "clip" and self.disc is not None:
+                from idcrafter.train.vae_gan import frames_of, generator_loss
+
+                fake = recon.float()
+                gl = generator_loss(self.disc(frames_of(fake)))
+                total = total + cfg.loss.gan_weight * gl
+                losses["clip/gan_g"] = gl.item()
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         gn = torch.nn.utils.clip_grad_norm_(self.vae.parameters(), cfg.optim.grad_clip or float("inf"))
         if torch.isfinite(gn):
             self.opt.step()
         self.sched.step()
+        if self.disc is not None:
+            losses["clip/gan_d"] = self._disc_step(clips, fake.detach())
         self.step += 1
         return {"loss": total.item(), "grad_norm": float(gn), "lr": self.sched.get_last_lr()[0], **losses}
+
+    def _disc_step(self, real: torch.Tensor, fake: torch.Tensor) -> float:
+        """One hinge step of the discriminator on this step's clips and their reconstructions."""
+        from idcrafter.train.vae_gan import frames_of, hinge_d_loss
+
+        d = hinge_d_loss(self.disc(frames_of(real)), self.disc(frames_of(fake)))
+        self.disc_opt.zero_grad(set_to_none=True)  # drops what the generator's backward left
+        d.backward()
+        if torch.isfinite(d):
+            self.disc_opt.step()
+        return d.item()
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -256,11 +330,18 @@ class VAETrainer:
         out: dict[str, list[float]] = {}
         for start in range(0, self.cfg.train.eval_clips, 8):
             pos = range(start, min(start + 8, self.cfg.train.eval_clips))
-            clips, cmask, refs, rmask = vae_batch(d, pos, split="heldout", seed=self.cfg.train.eval_seed)
+            exs = vae_examples(d, pos, split="heldout", seed=self.cfg.train.eval_seed)
+            clips, cmask, refs, rmask = vae_batch(d, pos, examples=exs)
             for name, x, m in (("clip", clips, cmask), ("ref", refs, rmask)):
                 recon = self.vae.decode(self.vae.encode(x).latent_dist.mode()).sample.float()
                 out.setdefault(f"eval/{name}_psnr", []).append(psnr(recon, x))
                 out.setdefault(f"eval/{name}_psnr_subject", []).append(psnr(recon, x, m))
+                if name == "clip" and self.identity is not None:
+                    from idcrafter.train.vae_identity import Windows
+
+                    face, subj = self.identity(recon, x, Windows.from_clips([e.clip for e in exs]))
+                    out.setdefault("eval/face_cos", []).append(1 - face.item())
+                    out.setdefault("eval/subject_cos", []).append(1 - subj.item())
         self.vae.train()
         return {k: float(np.mean(v)) for k, v in out.items()}
 
@@ -376,7 +457,10 @@ per-channel `latents_mean` / `latents_std` in `config.json` were measured on tra
   with `idcrafter train export-vae --run-dir {run_dir} --checkpoint {step}`.
 - Data: SpriteWorld `train` split, seed {cfg.data.seed}, rendered on the fly ({cfg.data.frames} x
   {cfg.data.height} x {cfg.data.width} clips, {cfg.data.clips} per step, plus their {cfg.data.ref_size} px references).
-- Loss: L1 + MSE with subject pixels x{cfg.loss.subject_weight}, KL weight {cfg.loss.kl_weight}.
+- Loss: L1 + MSE with subject pixels x{cfg.loss.subject_weight}, KL weight {cfg.loss.kl_weight}; identity terms
+  (`train.vae_identity`, the main judge's frozen embedders): face x{cfg.loss.face_weight}, subject
+  x{cfg.loss.subject_embed_weight}; adversarial (`train.vae_gan`, patch discriminator, hinge) x{cfg.loss.gan_weight}.
+  {f"Started from the weights of `{m.init}`." if m.init else ""}
 
 ## Held-out reconstruction ({cfg.train.eval_clips} clips of unseen identities, seed {cfg.train.eval_seed}, posterior mean)
 | figure | dB |
