@@ -110,6 +110,11 @@ CASES = [
     (["judge", "--video", "{clip}"] + ["--ref", "{ref0}"] * 5, "at most 4"),
     (["judge", "--video", "{clip}", "--ref", "{ref0}", "--prompt", "the person with \udcff hair waves"], "UTF-8"),
     (["judge", "--video", "{clip}", "--ref", "{ref0}", "--prompt", "{caption}"], "names 2 subject"),
+    (["judge", "--video", "{clip}", "--ref", "{ref0}", "--judge", "nope"], "--judge"),
+    # ---- train vae (issue 13): its weights-init and loss options
+    (["train", "vae", "--run-dir", "{out}/vae", "model.init={out}/nowhere"], "model.init"),
+    (["train", "vae", "--run-dir", "{out}/vae", "data.frames=6"], "4k+1"),
+    (["train", "vae", "--run-dir", "{out}/vae", "loss.gan_weight=abc"], "gan_weight"),
     # ---- generate: the model folder
     (["generate", "--model", "org/name", "--ref", "{ref0}", "--prompt", "p"], "not a local folder"),
     (["generate", "--model", "{root}", "--ref", "{ref0}", "--prompt", "p"], "not a pipeline folder"),

@@ -130,3 +130,4 @@ def test_init_weights_start_a_new_run_and_bad_paths_are_refused(tmp_path):
     cfg.model.init = str(tmp_path / "nothing")
     with pytest.raises(InputError, match="model.init"):
         VAETrainer(cfg, tmp_path / "c")
+    assert not (tmp_path / "c").exists()  # refused before anything was written: a retry is not blocked

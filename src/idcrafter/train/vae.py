@@ -213,13 +213,14 @@ class VAETrainer:
         if owned and not resume:
             raise InputError(f"{self.run_dir} already holds a VAE run: pass --resume to continue it or "
                              "choose a new --run-dir")
+        init = _init_weights(cfg.model.init) if cfg.model.init and not resume else None  # refused before any write
         self.run_dir.mkdir(parents=True, exist_ok=True)
         mark_dir(self.run_dir, TOOL)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         self.vae = cfg.model.build().train()
-        if cfg.model.init and not resume:
-            self.vae.load_state_dict(_init_weights(cfg.model.init))
+        if init is not None:
+            self.vae.load_state_dict(init)
         self.identity = None
         if cfg.loss.face_weight > 0 or cfg.loss.subject_embed_weight > 0:
             from idcrafter.train.vae_identity import IdentityLoss
