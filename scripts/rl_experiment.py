@@ -65,8 +65,13 @@ def fail(message: str) -> None:
 
 
 def run(cmd: list[str]) -> None:
+    """Run a training command in the caller's folder (run folders are relative to it, as for
+    this script), with this checkout's `src` first on the path."""
+    import os
+
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    subprocess.run(cmd, check=True, env=env)
 
 
 # ------------------------------------------------------------------ training
