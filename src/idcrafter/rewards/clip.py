@@ -57,16 +57,9 @@ def load_aesthetic_mlp(weights: str | Path) -> AestheticMLP:
     path = root if root.is_file() else next((root / n for n in MLP_FILES if (root / n).is_file()), None)
     if path is None:
         raise MissingWeightsError(f"no aesthetic MLP ({', '.join(MLP_FILES)}) in {root}: {_HINT}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from idcrafter.eval.backends import load_state  # safetensors, or torch.load(weights_only=True)
 
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a pickle with objects, a truncated file, ...
-            raise InputError(f"cannot read {path} as a plain state dict ({type(exc).__name__}): "
-                             "convert it to safetensors") from exc
+    state = load_state(path)
     if "layers.0.weight" not in state:
         raise InputError(f"{path} is not a LAION aesthetic MLP state dict (no layers.0.weight)")
     mlp = AestheticMLP(int(state["layers.0.weight"].shape[1]))
