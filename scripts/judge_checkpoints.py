@@ -9,10 +9,11 @@ mean of the judge's channels, and the Spearman correlation of the mean total wit
 order (1 = the judge ranks the checkpoints in training order), beside the ground truth.
 
     .venv/bin/python scripts/judge_checkpoints.py \\
-        --checkpoint runs/pixel-baseline/checkpoints/step_00000250/pipeline:250 \\
+        --checkpoint runs/pixel-250/pipeline:250 \\
         --checkpoint runs/adv-work/ckpt/assets/checkpoints/sprites-sft:9500 \\
         --checkpoint assets/checkpoints/sprites-sft:20500 --cache runs/adv-work/clips
 
+(`runs/pixel-250` is a copy of `runs/pixel-baseline`'s step 250, which that run's pruning removes.)
 `PATH:STEP` names a checkpoint by its training step (the order is checked against the steps).
 """
 
@@ -37,26 +38,9 @@ def _parse(spec: str) -> tuple[Path, int]:
 
 def _generate(folder: Path, cache: Path, n: int, seed: int, steps: int, cfg: float) -> tuple[list, list]:
     """(clips, cases) of one checkpoint, generated once and cached (keyed by the settings)."""
-    from idcrafter.devices import load_pipeline
-    from idcrafter.generation import GenerationSettings, generate
-    from idcrafter.heldout import HeldoutConfig, example_case, heldout_cases
-    from idcrafter.utils.io import atomic_write_bytes
+    from idcrafter.heldout import HeldoutConfig, generate_cached
 
-    key = f"{folder.resolve().as_posix().strip('/').replace('/', '+')}_n{n}_s{seed}_st{steps}_g{cfg}.npz"
-    pipe = load_pipeline(folder)
-    held = HeldoutConfig(n=n, seed=seed, steps=steps, guidance=cfg)
-    cases = [example_case(ex, f"case_{i:02d}", held.sample_seed + i) for i, ex in enumerate(heldout_cases(pipe, held))]
-    path = cache / key
-    if path.is_file():
-        with np.load(path) as z:
-            return [z[c.key] for c in cases], cases
-    clips = generate(pipe, cases, GenerationSettings(steps=steps, guidance=cfg))
-    import io
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **{c.key: v for c, v in zip(cases, clips)})
-    atomic_write_bytes(path, buf.getvalue())
-    return clips, cases
+    return generate_cached(folder, HeldoutConfig(n=n, seed=seed, steps=steps, guidance=cfg), cache)
 
 
 def main() -> None:

@@ -137,3 +137,27 @@ def test_vision_backbone_subject_encoder(example, tmp_path):
 
     with pytest.raises(MissingWeightsError, match="vision backbone"):
         VisionSubjectEncoder.from_pretrained(tmp_path / "none")
+
+
+def test_heldout_clips_are_generated_once_and_keyed_by_settings(tmp_path, monkeypatch):
+    """`heldout.generate_cached`: a second call reads the .npz; other settings generate again."""
+    import idcrafter.generation
+    from idcrafter.heldout import HeldoutConfig, generate_cached
+    from idcrafter.recipes import recipe
+
+    folder = tmp_path / "pipe"
+    recipe("debug").model.build().save_pretrained(str(folder))  # 3 x 24 x 24, the smallest world
+    cfg = HeldoutConfig(n=2, steps=2)
+    clips, cases = generate_cached(folder, cfg, tmp_path / "cache")
+    assert len(clips) == 2 and clips[0].dtype == np.uint8 and clips[0].shape == cases[0].ground_truth.shape
+
+    def refuse(*a, **k):
+        raise AssertionError("generated again")
+
+    monkeypatch.setattr(idcrafter.generation, "generate", refuse)
+    again, _ = generate_cached(folder, cfg, tmp_path / "cache")
+    assert all(np.array_equal(a, b) for a, b in zip(clips, again))
+    for other in (HeldoutConfig(n=2, steps=3), HeldoutConfig(n=2, steps=2, subjects=(4,)),
+                  HeldoutConfig(n=2, steps=2, sample_seed=5)):
+        with pytest.raises(AssertionError, match="generated again"):
+            generate_cached(folder, other, tmp_path / "cache")

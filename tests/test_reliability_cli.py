@@ -204,6 +204,14 @@ CASES = [
     (SFT + ["data.source=manifest", "data.path={root}/m/escape.jsonl"], "leaves the manifest"),
     (SFT + ["data.source=manifest", "data.path={root}/m/absolute.jsonl"], "absolute path"),
     (SFT + ["data.source=manifest", "data.path={root}/m/none.jsonl"], "manifest not found"),
+    # ---- train cache-latents
+    (["train", "cache-latents", "--recipe", "debug", "--out", "{out}/c"], "finite source"),
+    (["train", "cache-latents", "--recipe", "debug", "--out", "{out}/c", "data.limit=4", "--dtype", "int8"],
+     "cache dtype"),
+    (["train", "cache-latents", "--recipe", "debug", "--out", "{foreign}", "data.limit=4"], "not made by"),
+    (["train", "cache-latents", "--recipe", "debug", "--out", "{out}/c", "data.limit=4",
+      "data.latent_cache={out}/c"], "drop data.latent_cache"),
+    (SFT + ["data.limit=4", "data.latent_cache={out}/none"], "not a finished latent cache"),
     # ---- train export
     (EXPORT + ["--out", "{run}"], "run folder"),
     (EXPORT + ["--out", "{run}/shipped"], "run folder"),

@@ -225,6 +225,20 @@ def test_checkpoint_crash_mid_write_keeps_previous(tmp_path, monkeypatch):
     assert ckpt.load_torch_state(root / "step_00000003" / "optimizer.pt")["state"]  # weights_only load
 
 
+def test_prune_keeps_milestones_and_the_newest(tmp_path):
+    """keep_every milestones survive pruning; incomplete folders are never counted or deleted."""
+    for step in (250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2250):
+        d = tmp_path / f"step_{step:08d}"
+        d.mkdir()
+        ckpt.write_json(d / ckpt.COMPLETE_MARKER, {"step": step})
+    (tmp_path / "step_00002500").mkdir()  # a crashed save: no marker
+    removed = ckpt.prune(tmp_path, keep_last=2, keep_every=1000)
+    assert sorted(int(p.name[5:]) for p in removed) == [250, 500, 750, 1250, 1500, 1750]
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [1000, 2000, 2250]
+    assert (tmp_path / "step_00002500").is_dir()
+    assert ckpt.prune(tmp_path, keep_last=1) == [tmp_path / "step_00001000", tmp_path / "step_00002000"]
+
+
 def test_sigkill_then_resume_is_bitwise_exact(tmp_path):
     steps = ["train.steps=10", "checkpoint.every=3", "eval.every=3", "checkpoint.export_final=false"]
     reference = Trainer(debug_cfg(*steps), tmp_path / "ref")

@@ -62,6 +62,39 @@ def example_case(ex, key: str, seed: int):
                 meta={"subjects": len(ex.refs)})
 
 
+def generate_cached(folder: str | Path, cfg: HeldoutConfig, cache: str | Path) -> tuple[list[np.ndarray], list]:
+    """(clips, cases) of the pipeline in `folder` on the held-out casts of `cfg`, generated once
+    and kept as one `.npz` under `cache` keyed by the folder and every setting, so re-scoring
+    with another judge (or a changed one) does not generate again. Clips: (F, H, W, 3) uint8."""
+    import io
+
+    from idcrafter.devices import load_pipeline
+    from idcrafter.generation import GenerationSettings, generate
+    from idcrafter.utils.io import atomic_write_bytes
+
+    folder, cache = Path(folder), Path(cache)
+    extra = ""  # settings other than the defaults enter the key (the defaults' key predates them)
+    if tuple(cfg.subjects) != HeldoutConfig.subjects:
+        extra += "_k" + "-".join(str(k) for k in cfg.subjects)
+    if not cfg.guide_references or cfg.sample_seed:
+        extra += f"_r{int(cfg.guide_references)}_ss{cfg.sample_seed}"
+    key = (f"{folder.resolve().as_posix().strip('/').replace('/', '+')}_n{cfg.n}_s{cfg.seed}"
+           f"_st{cfg.steps}_g{cfg.guidance}{extra}.npz")
+    pipe = load_pipeline(folder)
+    cases = [example_case(ex, f"case_{i:02d}", cfg.sample_seed + i) for i, ex in enumerate(heldout_cases(pipe, cfg))]
+    path = cache / key
+    if path.is_file():
+        with np.load(path) as z:
+            return [z[c.key] for c in cases], cases
+    settings = GenerationSettings(steps=cfg.steps, guidance=cfg.guidance, guide_references=cfg.guide_references)
+    clips = generate(pipe, cases, settings)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{c.key: v for c, v in zip(cases, clips)})
+    cache.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return clips, cases
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Mean of each metric over the cases that have it (a judge metric is None when undefined)."""
     out = {}

@@ -96,6 +96,34 @@ def save_with_links(pipe: Any, save: Callable[..., Any], save_directory: str | o
     return out
 
 
+def relink_siblings(folder: str | Path, final: str | Path) -> list[str]:
+    """Make the links of `folder` (to be renamed to `final`) that point into `final`'s parent
+    folder relative (`vae -> ../sprites-vae`), so a shipped pipeline beside the VAE it uses
+    (`assets/checkpoints/`) still resolves in a clone elsewhere; other links stay absolute.
+    Returns the components rewritten."""
+    folder, final = Path(folder), Path(final)
+    path = folder / LINKS_FILE
+    if not path.is_file():
+        return []
+    from idcrafter.utils.io import atomic_write_json
+
+    links, base, done = json.loads(path.read_text(encoding="utf-8")), final.resolve().parent, []
+    for name, entry in links.items():
+        where = folder / name
+        if not where.is_symlink():
+            continue
+        target = where.resolve()
+        if base not in target.parents:
+            continue
+        rel = os.path.relpath(target, base / final.name)
+        where.unlink()
+        os.symlink(rel, str(where), target_is_directory=True)
+        entry["target"], done = rel, [*done, name]
+    if done:
+        atomic_write_json(path, links, indent=1)
+    return done
+
+
 def check_links(folder: str | Path) -> dict[str, str]:
     """Verify the links of a saved pipeline folder (module docstring); returns {component: target}."""
     folder = Path(folder)

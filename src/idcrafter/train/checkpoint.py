@@ -87,12 +87,14 @@ def commit(tmp: Path) -> Path:
     return final
 
 
-def prune(root: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints (keep_last <= 0: keep all)."""
+def prune(root: str | Path, keep_last: int, keep_every: int = 0) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints (keep_last <= 0: keep all).
+    Checkpoints at a multiple of `keep_every` steps (> 0) are milestones and are never deleted,
+    so a learning curve can be judged afterwards at 1k, 2k, 5k steps."""
     found = list_checkpoints(root)
     if keep_last <= 0 or len(found) <= keep_last:
         return []
-    removed = [p for _, p in found[:-keep_last]]
+    removed = [p for step, p in found[:-keep_last] if not (keep_every > 0 and step % keep_every == 0)]
     for p in removed:
         shutil.rmtree(p, ignore_errors=True)
     return removed

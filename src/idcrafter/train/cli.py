@@ -2,6 +2,7 @@
 
     idcrafter train sft --recipe sprites [--run-dir runs/sprites] [--resume] [key=value ...]
     idcrafter train export --run-dir runs/sprites --out assets/checkpoints/sprites-sft
+    idcrafter train cache-latents --recipe sprites-latent --out runs/latents data.source=folder data.path=...
 
 Overrides are dotted config keys (`optim.lr=1e-4`, `train.mode=lora`, `data.batch_size=8`,
 `eval.timesteps=[0.6,0.9]`); the resolved config is written to `<run-dir>/config.json`. With
@@ -20,7 +21,7 @@ from typing import List, Optional
 import typer
 
 from idcrafter.devices import DeviceOption, DtypeOption
-from idcrafter.errors import run_cli
+from idcrafter.errors import InputError, run_cli
 
 train_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                         help="Training: rectified-flow SFT (`sft`).")
@@ -93,6 +94,29 @@ def export(
     typer.echo(json.dumps({"step": res["step"], "generated": res["generated"], "ground_truth": res["ground_truth"]},
                           indent=2))
     typer.echo(f"wrote {out} (card: {out}/README.md)")
+
+
+@train_app.command("cache-latents")
+def cache_latents(
+    overrides: Optional[List[str]] = typer.Argument(None, help="config overrides, key=value (e.g. data.path=...)"),
+    recipe: str = typer.Option("sprites-latent", help="the recipe of the runs that will read the cache"),
+    out: Path = typer.Option(..., help="the cache folder to write (resumable: finished shards are kept)"),
+    dtype: str = typer.Option("float16", help="storage dtype: float16, bfloat16 or float32 (bit-exact)"),
+    shard_size: int = typer.Option(2048, help="items per shard file"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Encode a finite training set's clips and references once (idcrafter.train.latent_cache);
+    train with the same overrides plus data.latent_cache=OUT."""
+    from idcrafter.config import apply_overrides
+    from idcrafter.recipes import recipe as make_recipe
+    from idcrafter.train.latent_cache import build_latent_cache, describe
+
+    cfg = apply_overrides(make_recipe(recipe), list(overrides or []))
+    if cfg.data.latent_cache:
+        raise InputError("drop data.latent_cache from the overrides: the cache is what this command writes (--out)")
+    build_latent_cache(cfg, out, shard_size=shard_size, dtype=dtype, progress=progress)
+    typer.echo(json.dumps(describe(out)))
+    typer.echo(f"wrote {out}; train with data.latent_cache={out} and the same overrides")
 
 
 @train_app.command("vae")

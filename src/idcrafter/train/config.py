@@ -98,6 +98,7 @@ class TrainConfig:
 class CheckpointConfig:
     every: int = 500  # steps; 0 = only at the end
     keep_last: int = 3
+    keep_every: int = 0  # steps; checkpoints at its multiples are kept past keep_last (0 = none)
     export_pipeline: bool = True  # also write <checkpoint>/pipeline (EMA weights when EMA is on)
     export_final: bool = True  # write <run>/pipeline at the end
 
@@ -161,6 +162,10 @@ class Config:
             raise InputError(f"the Wan VAE needs 4k+1 frames; data.frames={self.data.frames}")
         if self.data.batch_size < 1 or self.eval.batch_size < 1:
             raise InputError("data.batch_size and eval.batch_size must be >= 1")
+        if self.data.latent_cache:
+            from idcrafter.train.latent_cache import check_cache_config
+
+            check_cache_config(self)  # before a run folder exists: a missing or mismatched cache fails at once
         from idcrafter.build import check_real_path_config
 
         check_real_path_config(self)  # sides the codec x patch take; a Wan folder that fits the preset

@@ -87,6 +87,7 @@ class DataConfig:
     absolute_paths: bool = False  # manifest: allow absolute paths (real datasets stored elsewhere); see train.data
     batch_size: int = 16  # per process and micro-step
     prefetch: int = 2  # batches prepared ahead in a background thread (0: inline)
+    latent_cache: str | None = None  # a folder of `train cache-latents`: the codec's encodings read, not computed
 
     def build(self) -> "ExampleSource":
         return build_source(self)
@@ -101,6 +102,7 @@ class Sample:
     caption: str
     position: int  # the stream position it was drawn at (seeds its noise, timestep, dropout)
     subject: np.ndarray | None = None  # (T, H, W) bool: pixels of any subject (None: unknown)
+    item: int | None = None  # index in a finite source (what a latent cache is keyed by); None: endless
 
 
 @dataclass
@@ -114,6 +116,7 @@ class Batch:
     captions: list[str]
     positions: torch.Tensor  # (B,) int64
     ref_images: list[np.ndarray]  # per sample (K_b, R, R, 3) uint8 (for VLM / vision encoders)
+    items: torch.Tensor | None = None  # (B,) int64 item indices (finite sources), else None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -192,7 +195,12 @@ class ProceduralSource:
             micro = position // self.cfg.batch_size
             k = 1 + int(np.random.default_rng([self.cfg.seed, micro, 97]).integers(MAX_SUBJECTS))
         ex = make_example(self.cfg.seed, index, self.split, self.world, num_subjects=k)
-        return Sample(ex.clip.frames, ex.refs, ex.caption, position, ex.clip.masks > 0)
+        return Sample(ex.clip.frames, ex.refs, ex.caption, position, ex.clip.masks > 0,
+                      index if self.cfg.limit else None)
+
+    def get_item(self, item: int) -> Sample:
+        """Item `item` of a limited stream (the sample at position `item`)."""
+        return self.get(item)
 
 
 class FolderSource:
@@ -213,9 +221,15 @@ class FolderSource:
         self.order = _EpochOrder(self.n, cfg, lambda: np.asarray(self.ds.num_subjects[: self.n]))
 
     def get(self, position: int) -> Sample:
-        item = self.ds[self.order.item(position)]
-        return Sample(item["frames"][self.frame_idx], item["refs"], item["caption"], position,
-                      item["masks"][self.frame_idx] > 0)
+        sample = self.get_item(self.order.item(position))
+        sample.position = position
+        return sample
+
+    def get_item(self, index: int) -> Sample:
+        """Item `index` of the folder (its position field set to the index)."""
+        item = self.ds[index]
+        return Sample(item["frames"][self.frame_idx], item["refs"], item["caption"], index,
+                      item["masks"][self.frame_idx] > 0, index)
 
 
 class ManifestSource:
@@ -409,8 +423,9 @@ def collate(samples: list[Sample]) -> Batch:
         t, h, w = samples[0].frames.shape[:3]
         subject = torch.stack([torch.from_numpy(s.subject) if s.subject is not None
                                else torch.zeros(t, h, w, dtype=torch.bool) for s in samples])
+    items = None if any(s.item is None for s in samples) else torch.tensor([s.item for s in samples], dtype=torch.int64)
     return Batch(video.float().div(127.5).sub(1), refs, ref_mask, subject, [s.caption for s in samples],
-                 torch.tensor([s.position for s in samples], dtype=torch.int64), [s.refs for s in samples])
+                 torch.tensor([s.position for s in samples], dtype=torch.int64), [s.refs for s in samples], items)
 
 
 def step_positions(base: int, batch_size: int, world_size: int, grad_accum: int, rank: int) -> list[list[int]]:

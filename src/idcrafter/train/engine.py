@@ -462,7 +462,7 @@ class Engine:
                 "ema_updates": self.ema.updates if self.ema else 0, "sharded": self.sharded,
                 "recipe": self.cfg.recipe, "device": str(acc.device), **self.checkpoint_state()})
             final = ckpt.commit(tmp)
-            ckpt.prune(root, self.cfg.checkpoint.keep_last)
+            ckpt.prune(root, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
         acc.wait_for_everyone()
         self._fire("on_checkpoint", self.step, final)
         return final

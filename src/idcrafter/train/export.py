@@ -99,10 +99,12 @@ def export_run(run_dir: str | Path, out: str | Path, n: int = 16, steps: int = 2
                device: Any = None, dtype: Any = None, evaluate: bool = True) -> dict[str, Any]:
     """Copy the pipeline of a run's checkpoint (newest by default) to `out` (linked frozen
     components stay links: `idcrafter.linking`), evaluate it on the held-out data that fits the
-    run (`train.card.evaluate_export`; on `device` in `dtype`) and write its card. Returns the
+    run (`train.card.evaluate_export`; on `device` in `dtype`) and write its card. Links to a
+    folder beside `out` become relative (`linking.relink_siblings`). Returns the
     held-out result."""
     from idcrafter.config import load_config
     from idcrafter.devices import load_pipeline
+    from idcrafter.linking import relink_siblings
     from idcrafter.train.card import evaluate_export, evaluation_plan
     from idcrafter.train.config import Config
 
@@ -128,6 +130,7 @@ def export_run(run_dir: str | Path, out: str | Path, n: int = 16, steps: int = 2
     tmp = temp_dir_beside(out)  # a fresh hidden name: nothing that exists is reused or deleted
     try:
         shutil.copytree(src, tmp, dirs_exist_ok=True, symlinks=True)  # links stay links (absolute targets)
+        relink_siblings(tmp, out)  # ... except to folders beside OUT, e.g. the shipped VAE in assets/checkpoints
         mark_dir(tmp, EXPORT_TOOL)
         pipe = load_pipeline(tmp, device, dtype) if evaluation_plan(cfg, evaluate)[0] != "skipped" else None
         result = evaluate_export(pipe, cfg, tmp / "heldout", n, steps, seed, guidance, progress, evaluate)

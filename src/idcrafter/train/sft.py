@@ -3,8 +3,8 @@
     trainer = Trainer(recipe("sprites"), "runs/sprites", resume=True)
     trainer.train()
 
-One optimizer step: for each of `grad_accum` micro-batches, encode the clip with the codec,
-draw t, noise and guidance dropout *per example*, predict the velocity of
+One optimizer step: for each of `grad_accum` micro-batches, encode the clip with the codec
+(or read its latents from `data.latent_cache`, `train.latent_cache`), draw t, noise and guidance dropout *per example*, predict the velocity of
 z_t = (1 - t) z0 + t eps and regress it onto eps - z0 with the subject-weighted MSE
 (`losses.py`); then clip the global grad norm, AdamW, lr schedule, EMA. Everything distributed
 goes through `accelerate` (DDP / FSDP / DeepSpeed per its launch config; `configs/accelerate/`).
@@ -99,6 +99,11 @@ class Trainer(Engine):
         self.setup_model(pipe, setup_trainable(pipe.transformer, cfg.train), wrap=True)
         self.cond = ConditionEncoder(self.pipe, self.device, cfg.train.text_cache_size)
         self.source = cfg.data.build()
+        self.latents = None
+        if cfg.data.latent_cache:
+            from idcrafter.train.latent_cache import LatentCache
+
+            self.latents = LatentCache.open(cfg.data.latent_cache, cfg)
         self.evaluator = None
         if self.is_main and cfg.eval.source != "none" and (cfg.eval.every or cfg.eval.sample_every):
             from idcrafter.train.evaluation import Evaluator
@@ -116,15 +121,19 @@ class Trainer(Engine):
         lc = self.cfg.loss
         # the frozen codec runs under the run's autocast: in fp32 the SpriteWorld Wan VAE's encoder
         # costs as much as the DiT's whole step on a CPU (docs/sprites.md measures the latent error)
-        with torch.no_grad(), self.accelerator.autocast():
-            z0 = self.pipe.codec.encode(batch.video.to(self.device)).float()  # (B, C, F', h, w)
+        subjects = None
+        if self.latents is not None:  # encoded once by `train cache-latents` (train.latent_cache)
+            z0, subjects = (t.to(self.device) for t in self.latents.lookup(batch))  # (B, C, F', h, w), (B, K, ...)
+        else:
+            with torch.no_grad(), self.accelerator.autocast():
+                z0 = self.pipe.codec.encode(batch.video.to(self.device)).float()  # (B, C, F', h, w)
         normal, uniform, eps = draw_randomness(self.cfg.train.seed, batch.positions, tuple(z0.shape[1:]))
         t = losses.sample_timesteps(normal, lc.logit_mean, lc.logit_std, lc.timestep_shift).to(self.device)  # (B,)
         eps = eps.to(self.device)
         z_t = losses.interpolate(z0, eps, t)
         target = losses.velocity_target(z0, eps)
         drop_text, drop_refs = losses.condition_dropout(uniform, lc.drop_text, lc.drop_refs, lc.drop_both)
-        inputs = self.cond.model_inputs(batch, drop_text, drop_refs)
+        inputs = self.cond.model_inputs(batch, drop_text, drop_refs, subjects)
         with self.accelerator.autocast():
             v = self.ddp_model(z_t, t * 1000, **inputs).sample  # (B, C, F', h, w)
         wmap = None
