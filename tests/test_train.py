@@ -331,3 +331,39 @@ def test_bf16_autocast_and_text_cache(tmp_path):
     cached, mask = tr.cond.text([caption, ""])
     direct, dmask = tr.cond.text_encoder.encode([caption])
     assert torch.equal(cached[:1], direct) and torch.equal(mask[:1], dmask)
+
+
+def test_curriculum_parsing_and_stages_by_step():
+    from idcrafter.train.data import ProceduralSource, Stage, parse_curriculum
+    from idcrafter.world.dataset import make_example
+
+    assert parse_curriculum("0:1:still, 1000:2,3000:4") == [Stage(0, 1, True), Stage(1000, 2), Stage(3000, 4)]
+    for bad, needle in [("1:2", "step 0"), ("0:1,0:2", "increase"), ("0:5", "1..4"), ("0:0", "1..4"),
+                        ("0:2:fast", "STEP:K"), ("0", "STEP:K"), ("a:1", "STEP:K"), ("", "STEP:K")]:
+        with pytest.raises(InputError, match=needle):
+            parse_curriculum(bad)
+    cfg = DataConfig(frames=3, height=24, width=24, ref_size=16, batch_size=2, curriculum="0:1:still,3:2,5:4")
+    src = ProceduralSource(cfg, global_batch=4)  # 4 positions per step: step s holds positions 4s..4s+3
+    assert [src.stage(p).start for p in (0, 11, 12, 19, 20, 99)] == [0, 0, 3, 3, 5, 5]
+    first = [src.get(p) for p in range(12)]
+    assert all(len(s.refs) == 1 for s in first)
+    forced = make_example(0, 5, "train", src.world, num_subjects=1, actions=["stay"])
+    assert np.array_equal(first[5].frames, forced.clip.frames)  # stage 0: one subject, standing still
+    assert {len(src.get(p).refs) for p in range(12, 20)} <= {1, 2}
+    ks = {len(src.get(p).refs) for p in range(20, 80)}
+    assert ks == {1, 2, 3, 4}
+    with pytest.raises(InputError, match="num_subjects"):
+        ProceduralSource(DataConfig(curriculum="0:1", num_subjects=2))
+    with pytest.raises(InputError, match="procedural"):
+        debug_cfg("data.curriculum=0:1", "data.source=folder", "data.path=x").validate()
+    with pytest.raises(InputError, match="STEP:K"):
+        debug_cfg("data.curriculum=0-1").validate()
+
+
+def test_the_trainer_gives_the_curriculum_its_global_batch(tmp_path):
+    """The joint: stages are counted in optimizer steps of this run (batch x processes x accumulation)."""
+    tr = Trainer(debug_cfg("data.curriculum=0:1:still,2:3", "train.grad_accum=2", "eval.every=0"), tmp_path)
+    tr.setup()
+    assert tr.source.global_batch == tr.global_batch == 4
+    assert tr.source.stage(7).max_subjects == 1 and tr.source.stage(8).max_subjects == 3
+    tr.close()

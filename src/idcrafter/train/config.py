@@ -162,6 +162,12 @@ class Config:
             raise InputError(f"the Wan VAE needs 4k+1 frames; data.frames={self.data.frames}")
         if self.data.batch_size < 1 or self.eval.batch_size < 1:
             raise InputError("data.batch_size and eval.batch_size must be >= 1")
+        if self.data.curriculum:
+            from idcrafter.train.data import parse_curriculum
+
+            parse_curriculum(self.data.curriculum)
+            if self.data.source != "procedural":
+                raise InputError(f"data.curriculum needs data.source=procedural, got {self.data.source!r}")
         if self.data.latent_cache:
             from idcrafter.train.latent_cache import check_cache_config
 

@@ -88,9 +88,43 @@ class DataConfig:
     batch_size: int = 16  # per process and micro-step
     prefetch: int = 2  # batches prepared ahead in a background thread (0: inline)
     latent_cache: str | None = None  # a folder of `train cache-latents`: the codec's encodings read, not computed
+    curriculum: str | None = None  # procedural: "STEP:K[:still],...", e.g. "0:1:still,1000:2,3000:4" (`Stage`)
 
-    def build(self) -> "ExampleSource":
-        return build_source(self)
+    def build(self, global_batch: int | None = None) -> "ExampleSource":
+        """The source; `global_batch` (examples per optimizer step over all processes) turns a
+        curriculum's steps into stream positions (default: `batch_size`, one process)."""
+        return build_source(self, global_batch)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a procedural curriculum: from optimizer step `start`, casts of 1..`max_subjects`
+    subjects (uniform), all standing still when `still` (action "stay"), else SpriteWorld's own
+    action draw. Written `START:K` or `START:K:still`; stages are comma-separated, the first at 0."""
+
+    start: int
+    max_subjects: int
+    still: bool = False
+
+
+def parse_curriculum(spec: str) -> list[Stage]:
+    """`"0:1:still,1000:2,3000:4"` -> stages (`InputError` naming the fault otherwise)."""
+    from idcrafter.world.scene import MAX_SUBJECTS
+
+    hint = 'write data.curriculum as "STEP:K[:still],...", e.g. "0:1:still,1000:2,3000:4"'
+    stages = []
+    for part in str(spec).split(","):
+        fields = part.strip().split(":")
+        if len(fields) not in (2, 3) or not all(f.strip().isdigit() for f in fields[:2]) or \
+                (len(fields) == 3 and fields[2].strip() != "still"):
+            raise InputError(f"data.curriculum stage {part.strip()!r} is not STEP:K or STEP:K:still: {hint}")
+        stage = Stage(int(fields[0]), int(fields[1]), len(fields) == 3)
+        if not 1 <= stage.max_subjects <= MAX_SUBJECTS:
+            raise InputError(f"data.curriculum stage {part.strip()!r}: K must be in 1..{MAX_SUBJECTS}")
+        stages.append(stage)
+    if stages[0].start != 0 or any(b.start <= a.start for a, b in zip(stages, stages[1:])):
+        raise InputError(f"data.curriculum {spec!r}: the first stage starts at step 0 and starts increase: {hint}")
+    return stages
 
 
 @dataclass
@@ -174,27 +208,40 @@ class _EpochOrder:
 
 
 class ProceduralSource:
-    """SpriteWorld rendered on the fly: position p is `make_example(seed, p, split)`."""
+    """SpriteWorld rendered on the fly: position p is `make_example(seed, p, split)`; with a
+    curriculum (`Stage`), the stage of p's step sets its number of subjects and whether they move."""
 
-    def __init__(self, cfg: DataConfig):
+    def __init__(self, cfg: DataConfig, global_batch: int | None = None):
         from idcrafter.world.dataset import check_split
         from idcrafter.world.scene import WorldConfig
 
         self.cfg = cfg
         self.split = check_split(cfg.split)
         self.world = WorldConfig(frames=cfg.frames, height=cfg.height, width=cfg.width, ref_size=cfg.ref_size)
+        self.stages = parse_curriculum(cfg.curriculum) if cfg.curriculum else []
+        if self.stages and cfg.num_subjects is not None:
+            raise InputError("data.curriculum sets the number of subjects: drop data.num_subjects")
+        self.global_batch = int(global_batch or cfg.batch_size)
+
+    def stage(self, position: int) -> Stage | None:
+        """The curriculum stage the step of `position` is in (None without a curriculum)."""
+        step = position // self.global_batch
+        return [s for s in self.stages if s.start <= step][-1] if self.stages else None
 
     def get(self, position: int) -> Sample:
         from idcrafter.world.dataset import make_example
+        from idcrafter.world.scene import MAX_SUBJECTS
 
         index = position % self.cfg.limit if self.cfg.limit else position
-        k = self.cfg.num_subjects
-        if k is None and self.cfg.bucket_by_subjects:  # one K per micro-batch, uniform in 1..4
-            from idcrafter.world.scene import MAX_SUBJECTS
-
+        k, stage = self.cfg.num_subjects, self.stage(position)
+        top = stage.max_subjects if stage else MAX_SUBJECTS
+        if k is None and self.cfg.bucket_by_subjects:  # one K per micro-batch, uniform in 1..top
             micro = position // self.cfg.batch_size
-            k = 1 + int(np.random.default_rng([self.cfg.seed, micro, 97]).integers(MAX_SUBJECTS))
-        ex = make_example(self.cfg.seed, index, self.split, self.world, num_subjects=k)
+            k = 1 + int(np.random.default_rng([self.cfg.seed, micro, 97]).integers(top))
+        elif k is None and stage:  # uniform in 1..top, from the position's own generator
+            k = 1 + int(np.random.default_rng([self.cfg.seed, position, 96]).integers(top))
+        actions = ["stay"] * k if stage and stage.still else None
+        ex = make_example(self.cfg.seed, index, self.split, self.world, num_subjects=k, actions=actions)
         return Sample(ex.clip.frames, ex.refs, ex.caption, position, ex.clip.masks > 0,
                       index if self.cfg.limit else None)
 
@@ -401,11 +448,13 @@ def resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarra
     return np.ascontiguousarray(out[:, top:top + height, left:left + width])
 
 
-def build_source(cfg: DataConfig) -> ExampleSource:
+def build_source(cfg: DataConfig, global_batch: int | None = None) -> ExampleSource:
     sources = {"procedural": ProceduralSource, "folder": FolderSource, "manifest": ManifestSource}
     if cfg.source not in sources:
         raise InputError(f"data.source must be one of {', '.join(sources)}, got {cfg.source!r}")
-    return sources[cfg.source](cfg)
+    if cfg.curriculum and cfg.source != "procedural":
+        raise InputError(f"data.curriculum needs data.source=procedural (it draws each cast), got {cfg.source!r}")
+    return ProceduralSource(cfg, global_batch) if cfg.source == "procedural" else sources[cfg.source](cfg)
 
 
 def collate(samples: list[Sample]) -> Batch:

@@ -48,6 +48,9 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 def finite_items(cfg: "Config") -> int:
     """The number of items a cache of this config's data covers (refused for endless or skipping sources)."""
     d = cfg.data
+    if d.source == "procedural" and d.curriculum:
+        raise InputError("a latent cache cannot follow data.curriculum (an item's cast would depend on its step): "
+                         "cache each stage's data separately, or train that run uncached")
     if d.source == "procedural" and d.bucket_by_subjects:
         raise InputError("a latent cache of the procedural stream needs data.bucket_by_subjects=false (the number "
                          "of subjects of an item would depend on its position)")

@@ -98,7 +98,7 @@ class Trainer(Engine):
         pipe = cfg.model.build()
         self.setup_model(pipe, setup_trainable(pipe.transformer, cfg.train), wrap=True)
         self.cond = ConditionEncoder(self.pipe, self.device, cfg.train.text_cache_size)
-        self.source = cfg.data.build()
+        self.source = cfg.data.build(self.global_batch)
         self.latents = None
         if cfg.data.latent_cache:
             from idcrafter.train.latent_cache import LatentCache
