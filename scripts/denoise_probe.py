@@ -10,6 +10,8 @@ per-token speckle in the final rows that the x0 rows lack means the low-noise en
 learned (what the `sprites` recipe's timestep distribution fixed, docs/sprites.md).
 
     .venv/bin/python scripts/denoise_probe.py --model assets/checkpoints/sprites-sft [--steps 20]
+    .venv/bin/python scripts/denoise_probe.py --model runs/latent/checkpoints/step_00001000/pipeline \
+        --recipe sprites-latent
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="assets/checkpoints/sprites-sft")
+    ap.add_argument("--recipe", default="sprites", help="the recipe the model was trained with (its held-out batch)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--starts", type=float, nargs="+", default=[1.0, 0.9, 0.6, 0.3])
     ap.add_argument("--out", default="outputs/denoise_probe.png")
@@ -40,7 +43,7 @@ def main() -> None:
     pipe = IDCrafterPipeline.from_pretrained(args.model)
     pipe.transformer.eval()
     dev = torch.device("cpu")
-    ev = Evaluator(recipe("sprites"), pipe, ConditionEncoder(pipe, dev), dev)  # the recipe's held-out batch
+    ev = Evaluator(recipe(args.recipe), pipe, ConditionEncoder(pipe, dev), dev)  # the recipe's held-out batch
     b, z0 = len(ev.batch), ev.z0  # z0: (B, C, F', h, w)
     cond = pipe.encode_conditions([s.caption for s in ev.samples], [list(s.refs) for s in ev.samples], 1.0)
     velocity = pipe.velocity_fn(cond, 1.0)  # no guidance
