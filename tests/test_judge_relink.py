@@ -87,6 +87,27 @@ def test_relink_keeps_long_tracks_counts_fragments_and_ignores_strangers():
     assert len(kept) == 2
 
 
+def test_a_stray_box_leaves_a_labelled_track_and_strangers_keep_theirs():
+    from idcrafter.judge.relink import drop_strangers
+
+    tr = _track(range(9))
+    kept, strays = drop_strangers(tr, [0.9, 0.8, 0.1, 0.5, 0.35, 0.29, 0.9, 0.9, 0.9])
+    assert np.flatnonzero(kept.present()).tolist() == [0, 1, 3, 4, 6, 7, 8]
+    assert [np.flatnonzero(s.present()).tolist() for s in strays] == [[2], [5]]
+    assert strays[0].frames[2] is tr.frames[2] and kept.frames[0] is tr.frames[0]  # moved, not copied
+    assert drop_strangers(tr, [0.5] * 9) == (tr, [])
+    with pytest.raises(ValueError, match="similarities"):
+        drop_strangers(tr, [0.9])
+    # in relink: subject 0's track took a box over two others (cosine 0.05 with it) in frame 4;
+    # the box leaves it (no fragment: a single detection), the track keeps its other frames,
+    # and an unlabelled track is left exactly as the tracker made it
+    sims = _sims([0] * 9)
+    sims[4] = [0.05, 0.2, 0.1]
+    kept, fragments = relink([tr, _track(range(9), x=30)], [sims, _sims([-1] * 9)], need=2.7)
+    assert sorted(np.flatnonzero(t.present()).tolist() for t in kept) == [list(range(9)), [0, 1, 2, 3, 5, 6, 7, 8]]
+    assert fragments == 0
+
+
 @pytest.fixture(scope="module")
 def judge():
     from idcrafter.judge.judge import Judge

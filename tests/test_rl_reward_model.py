@@ -168,6 +168,76 @@ def test_reward_model_resume_reads_its_feature_cache(tmp_path, monkeypatch):
         assert all(torch.equal(x, y) for x, y in zip([*fa.tensors().values(), *fb.tensors().values()],
                                                      [*ga.tensors().values(), *gb.tensors().values()]))
     again.close()
+    # the cache also keeps the labels (offline study of the frozen features)
+    from idcrafter.train import checkpoint as ckpt
+
+    t = ckpt.load_tensors(tmp_path / "features" / next(n for n in cached if n.startswith("train-")))
+    assert t["target"].tolist() == [p.target for p in tr.sets["train"]]
+
+
+def test_summary_dropout_blanks_both_clips_of_the_chosen_pairs_only(tmp_path):
+    from idcrafter.rl.reward_model import SpriteFeatures
+    from idcrafter.rl.reward_training import RewardModelTrainer
+
+    cfg = apply_overrides(rl_recipe("reward-model", "debug"), ["train.steps=1", "eval_every=0", "pairs.train=4",
+                                                               "pairs.heldout=0", "model.summary_dropout=0.5"])
+    tr = RewardModelTrainer(cfg, tmp_path)
+    tr.setup()
+    seen = []
+    tr.rm.score_features = lambda f: (seen.append(f.summary.clone()), f.summary.sum(-1))[1]
+    rows, blank = [0, 1, 2, 3], torch.tensor([True, False, True, False])
+    tr._scores("train", rows, blank)
+    fa, fb = tr.features["train"]
+    for side, got in zip((fa, fb), seen):
+        assert torch.equal(got[blank], torch.full_like(got[blank], 0.5))  # the chosen pairs, both sides
+        assert torch.equal(got[~blank], side.summary[[1, 3]])  # the others untouched
+    assert not torch.equal(fa.summary[[0, 2]], torch.full_like(fa.summary[[0, 2]], 0.5))  # the cache unchanged
+    tr.close()
+    with pytest.raises(InputError, match="summary_dropout"):
+        apply_overrides(rl_recipe("reward-model", "debug"), ["model.summary_dropout=1.0"]).validate()
+    with pytest.raises(InputError, match="embedded"):
+        apply_overrides(rl_recipe("reward-model", "qwen2.5-vl"), ["model.summary_dropout=0.5"]).validate()
+
+
+def test_linear_readout_reads_the_summary_and_identity_aggregates_by_hand():
+    from idcrafter.rl.reward_model import SpriteFeatures, SpriteRewardHead
+
+    # face dim 2 + subject dim 2; references 0 and 1 present, 2 masked (it must not count)
+    refs = torch.tensor([[[1., 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0]]])
+    ref_mask = torch.tensor([[True, True, False]])
+    dets = torch.zeros(1, 2, 2, 4 + 5)
+    dets[0, 0, 0, :4] = torch.tensor([1., 0, 0, 1])
+    dets[0, 0, 1, :4] = torch.tensor([0., 1, 0, 1])
+    dets[0, 1, 0, :4] = torch.tensor([0.6, 0.8, 1, 0])
+    dets[0, 1, 1, :4] = torch.tensor([1., 0, 1, 0])  # masked: not a detection
+    det_mask = torch.tensor([[[True, True], [True, False]]])
+    f = SpriteFeatures(refs, ref_mask, dets, det_mask, torch.full((1, 3), 0.5))
+    head = SpriteRewardHead(4, face_dim=2, summary_dim=3, readout="linear")
+    # face: best per frame ref0 (1, 0.6), ref1 (1, 0.8); subject: ref0 (0, 1), ref1 (1, 0)
+    want = torch.tensor([[0.85, 0.7, 0.6, 0.5, 0.0, 0.0]])
+    assert torch.allclose(head.identity_aggregates(f), want, atol=1e-6)
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.arange(1., 10.)[None])
+        head.linear.bias.fill_(0.25)
+    expected = 0.5 * (1 + 2 + 3) + float((torch.arange(4., 10.) * want[0]).sum()) + 0.25
+    assert torch.allclose(head(f), torch.tensor([expected]), atol=1e-5)
+    with pytest.raises(InputError, match="readout"):
+        SpriteRewardHead(4, readout="mlp")
+
+
+def test_linear_readout_round_trips_through_save_and_load(tmp_path):
+    from idcrafter.rl.reward_model import SpriteRewardModel, load_reward_model
+
+    (p,) = synthetic_pairs(1, 0, "heldout", ("blend",), tie_fraction=0.0)
+    model = SpriteRewardModel(readout="linear")
+    with torch.no_grad():
+        model.head.linear.weight.normal_()
+    model.save(tmp_path / "rm")
+    back = load_reward_model(tmp_path / "rm")
+    assert back.head.readout == "linear" and json.loads((tmp_path / "rm" / "config.json").read_text())["readout"] == "linear"
+    with torch.no_grad():
+        a, b = (m.score([p.a, p.b], [p.references] * 2, [p.prompt] * 2) for m in (model.eval(), back))
+    assert torch.allclose(a, b) and not torch.allclose(a[0], a[1])
 
 
 def test_reward_model_configs_are_checked():

@@ -264,7 +264,8 @@ def count_check(num_tracks: int, expected: int) -> float:
 
 def present_check(track_scores: list[float], matched: list[int], expected: int) -> float:
     """Mean over references of min(1, mean detector score of its track / DETECTION_CONFIDENT);
-    0 for a reference without a track."""
+    0 for a reference without a track. (The judge scores a detection recovered by identity,
+    `recover.py`, as DETECTION_CONFIDENT: its reference confirmed it.)"""
     if expected <= 0:
         return 0.0
     vals = [min(1.0, track_scores[j] / DETECTION_CONFIDENT) if j >= 0 else 0.0 for j in matched]

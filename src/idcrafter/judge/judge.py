@@ -1,7 +1,8 @@
 """The SpriteWorld judge (v2): scores a clip against its references (and prompt).
 
 Pipeline: references -> detector (one subject each) -> face / subject / attribute embeddings;
-clip -> detector per frame -> tracks, re-cut and re-joined by identity (`relink.py`) -> per-track
+clip -> detector per frame, plus the subjects it missed found by identity (`recover.py`) ->
+tracks, re-cut and re-joined by identity (`relink.py`) -> per-track
 mean embeddings -> Hungarian matching of
 references to tracks -> per subject: face_sim, subject_sim, leakage, own motion (camera and
 light compensated, `temporal.py`), copy-paste, the caption's action done by this subject
@@ -137,21 +138,42 @@ class Judge:
     # ------------------------------------------------------------------ clip
     def _detection_features(self, frames: np.ndarray, tracks) -> dict[int, tuple]:
         """Per detection of `tracks` (keyed by `id(detection)`): its face embedding, subject
-        embedding, attribute log-probs, P(person) of its body crop and its detector score."""
-        heads, bodies, keys, scores = [], [], [], []
-        for tr in tracks:
-            for f, d in enumerate(tr.frames):
-                if d is not None:
-                    heads.append(head_crop(frames[f], d.head))
-                    bodies.append(body_crop(frames[f], d.box))
-                    keys.append(id(d))
-                    scores.append(float(d.score))
-        if not keys:
+        embedding, attribute log-probs, P(person) of its body crop and its detector score (a
+        detection recovered by identity, `recover.py`, counts as confident: its reference
+        confirmed it)."""
+        from idcrafter.judge.channels import DETECTION_CONFIDENT
+        from idcrafter.judge.recover import RecoveredDetection
+
+        items = [(f, d) for tr in tracks for f, d in enumerate(tr.frames) if d is not None]
+        if not items:
             return {}
-        fe = self.face.embed_crops(np.stack(heads))
-        se, lps = self.subject.embed_with_attributes(np.stack(bodies))
-        person = self.critic.subject_realism(np.stack(bodies)) if self.critic is not None else np.ones(len(keys))
-        return {key: (fe[i], se[i], lps[i], float(person[i]), scores[i]) for i, key in enumerate(keys)}
+        fe, se, lps = self._embed(frames, items)
+        person = self.critic.subject_realism(np.stack([body_crop(frames[f], d.box) for f, d in items])) \
+            if self.critic is not None else np.ones(len(items))
+        scores = [max(float(d.score), DETECTION_CONFIDENT) if isinstance(d, RecoveredDetection) else float(d.score)
+                  for _, d in items]
+        return {id(d): (fe[i], se[i], lps[i], float(person[i]), scores[i]) for i, (_, d) in enumerate(items)}
+
+    def _embed(self, frames: np.ndarray, items: list[tuple[int, object]]):
+        """(face (n, Df), subject (n, Ds), attribute log-probs) of detections given as (frame, detection)."""
+        heads = np.stack([head_crop(frames[f], d.head) for f, d in items])
+        bodies = np.stack([body_crop(frames[f], d.box) for f, d in items])
+        se, lps = self.subject.embed_with_attributes(bodies)
+        return self.face.embed_crops(heads), se, lps
+
+    def _similarities(self, frames: np.ndarray, ref: dict, per_frame: list[list]) -> list[np.ndarray]:
+        """Per frame, (n, K) mean face / subject cosines of its detections with the references."""
+        items = [(f, d) for f, ds in enumerate(per_frame) for d in ds]
+        k = len(ref["face"])
+        if not items:
+            return [np.zeros((0, k)) for _ in per_frame]
+        fe, se, _ = self._embed(frames, items)
+        sim = 0.5 * (fe @ ref["face"].T + se @ ref["subject"].T)  # (n, K)
+        out, i = [], 0
+        for ds in per_frame:
+            out.append(sim[i:i + len(ds)])
+            i += len(ds)
+        return out
 
     def _track_embeddings(self, frames: np.ndarray, tracks, feats: dict[int, tuple] | None = None) -> dict:
         """Per-track mean face / subject embeddings (re-normalised), per-frame face embeddings,
@@ -174,13 +196,30 @@ class Judge:
                 "scores": [float(np.mean([r[4] for r in rs])) for rs in rows],
                 "person": [float(np.mean([r[3] for r in rs])) for rs in rows]}
 
+    def _recover(self, frames: np.ndarray, ref: dict, dets: list[list]) -> list[list]:
+        """`dets` plus the subjects the detector missed, found by identity (`recover.py`), in
+        the frames where some reference labels no detection."""
+        from idcrafter.judge.recover import MIN_HEAT, distinct, missing_frames, recover_missing
+
+        det_sims = self._similarities(frames, ref, dets)
+        need = missing_frames(det_sims, len(ref["face"]))
+        if not need:
+            return dets
+        cands: list[list] = [[] for _ in dets]
+        for f, c in zip(need, self.detector.candidates(frames[need], MIN_HEAT)):
+            cands[f] = distinct(c)
+        return recover_missing(dets, cands, det_sims, self._similarities(frames, ref, cands), frames)
+
     def _tracks(self, frames: np.ndarray, ref: dict):
-        """(detections per frame, tracks, fragments, detection features): the tracker's tracks
-        re-cut and re-joined by identity (`relink.py`)."""
+        """(detections per frame, tracks, fragments, detection features): detections (plus the
+        subjects recovered by identity, `recover.py`) linked by the tracker, the tracks re-cut and
+        re-joined by identity (`relink.py`)."""
         from idcrafter.judge.relink import relink
         from idcrafter.judge.tracking import MIN_TRACK_PRESENCE, link_tracks
 
         dets = self.detector.detect_video(frames)
+        if hasattr(self.detector, "candidates"):
+            dets = self._recover(frames, ref, dets)
         raw = link_tracks(dets)
         feats = self._detection_features(frames, raw)
         sims = [np.array([0.5 * (ref["face"] @ feats[id(d)][0] + ref["subject"] @ feats[id(d)][1])
@@ -278,12 +317,17 @@ class Judge:
 
     def _over_time(self, frames: np.ndarray, dets, tracks) -> dict:
         """Camera / light compensation and per-track activity, path coherence and teleports."""
+        from idcrafter.judge.recover import RecoveredDetection
+
         comp = TM.compensate(frames, [[d.box for d in f] for f in dets])
         activity, coherence, feet = [], [], []
         for tr in tracks:
             b = tr.boxes()
             activity.append(TM.step_activity(comp, b))
-            anchors = np.array([_anchor(d) if d is not None else [np.nan, np.nan] for d in tr.frames])
+            # path coherence reads the detector's own peaks: a box recovered by identity
+            # (`recover.py`) is regressed off its subject's centre and its head wanders 1-2 px
+            anchors = np.array([_anchor(d) if d is not None and not isinstance(d, RecoveredDetection)
+                                else [np.nan, np.nan] for d in tr.frames])
             feet.append(TM.stabilise(np.stack([(b[:, 0] + b[:, 2]) / 2, b[:, 3]], 1), comp["warps"]))
             hgt, head = b[:, 3] - b[:, 1], TM.stabilise(anchors, comp["warps"])
             # the head, not the feet, for bounces: feet boxes jump when legs pass behind someone

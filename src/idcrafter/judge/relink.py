@@ -15,6 +15,10 @@ gets the reference it most resembles (`labels`: the mean of its face and subject
 at least `CONFIDENT`; ground truth scores 0.8-0.95 against its own reference, strangers
 0.1-0.3), a track is cut where its confident label changes for good (`split_at_switches`),
 and pieces that never overlap in time and carry the same label are joined (`join_pieces`).
+A labelled piece also sheds the detections that look like a stranger to its reference
+(`drop_strangers`, cosine below `STRANGER`): while a subject is hidden the tracker can link into
+its track a box that covers parts of two others, and one such box made a standing subject's
+path jump back and forth (its coherence and `natural` collapsed).
 Pieces without a confident label (strangers, blobs, noise) are left exactly as the tracker
 made them, so a video of nobody in the cast gains nothing; joining never moves a detection,
 so a path made of shuffled frames stays as incoherent as it is (`temporal.path_coherence`
@@ -33,6 +37,7 @@ import numpy as np
 from idcrafter.judge.tracking import Track
 
 CONFIDENT = 0.6  # mean face/subject cosine from which a detection is labelled with a reference
+STRANGER = 0.3  # ... below which a detection is not that reference's subject at all (strangers: 0.1-0.3)
 
 
 def labels(sim: np.ndarray, confident: float = CONFIDENT) -> list[int]:
@@ -109,6 +114,24 @@ def join_pieces(pieces: list[Track], piece_labels: Sequence[int]) -> list[Track]
     return sorted(out, key=lambda tr: int(np.flatnonzero(tr.present())[0]) if tr.present().any() else len(tr.frames))
 
 
+def drop_strangers(track: Track, own_sim: Sequence[float], stranger: float = STRANGER) -> tuple[Track, list[Track]]:
+    """(the track without them, one single-frame track per stray detection): the detections
+    whose similarity to the track's own reference (`own_sim`, one per present frame, in time
+    order) is below `stranger`, i.e. a stranger's. Detections are moved, never copied."""
+    seen = [t for t, d in enumerate(track.frames) if d is not None]
+    if len(seen) != len(own_sim):
+        raise ValueError(f"{len(own_sim)} similarities for a track seen in {len(seen)} frames")
+    stray = [t for t, v in zip(seen, own_sim) if v < stranger]
+    if not stray or len(stray) == len(seen):
+        return track, []
+    singles = []
+    for t in stray:
+        frames = [None] * len(track.frames)
+        frames[t] = track.frames[t]
+        singles.append(Track(frames))
+    return Track([None if t in stray else d for t, d in enumerate(track.frames)]), singles
+
+
 def relink(raw: list[Track], per_detection_sim: list[np.ndarray], need: float,
            confident: float = CONFIDENT) -> tuple[list[Track], int]:
     """(kept tracks, fragments) after cutting switches and joining same-identity pieces.
@@ -127,12 +150,15 @@ def relink(raw: list[Track], per_detection_sim: list[np.ndarray], need: float,
             idx = [seen.index(t) for t, d in enumerate(p.frames) if d is not None]
             sure = [lab[i] for i in idx if lab[i] >= 0]
             # a piece's label: its sure detections' majority, if they are at least half of it
+            lab_p = -1
             if sure and len(sure) * 2 >= len(idx):
                 vals, counts = np.unique(sure, return_counts=True)
-                piece_labels.append(int(vals[counts.argmax()]))
-            else:
-                piece_labels.append(-1)
-            pieces.append(p)
+                lab_p = int(vals[counts.argmax()])
+            # detections of a labelled piece that look nothing like its reference (a stray box
+            # over two other subjects, linked in while this one was hidden) leave it, one by one
+            kept_p, strays = drop_strangers(p, [sim[i, lab_p] for i in idx]) if lab_p >= 0 else (p, [])
+            pieces += [kept_p] + strays
+            piece_labels += [lab_p] + [-1] * len(strays)
     joined = join_pieces(pieces, piece_labels)
     kept = [tr for tr in joined if tr.present().sum() >= need]
     fragments = sum(1 for tr in joined if 2 <= tr.present().sum() < need)

@@ -178,11 +178,12 @@ def rm_debug():
 @register("reward-model", "sprites")
 def rm_sprites():
     """The embedded default: 3000 synthetic pairs of train identities (swap, blend, copy-paste),
-    evaluated on held-out identities and on the held-out kind drift."""
-    from idcrafter.rl.reward_training import PairsConfig
+    evaluated on held-out identities and on the held-out kind drift. The linear readout: on 400
+    pairs it reached 0.977 / 0.847 against the transformer's 0.961 / 0.500 (docs/rl.md)."""
+    from idcrafter.rl.reward_training import PairsConfig, RMModelConfig
 
-    return _rm(pairs=PairsConfig(train=3000, heldout=400, batch_size=64),
-               optim=OptimConfig(lr=1e-3, warmup_steps=50, weight_decay=0.0),
+    return _rm(model=RMModelConfig(readout="linear"), pairs=PairsConfig(train=3000, heldout=400, batch_size=64),
+               optim=OptimConfig(lr=1e-2, warmup_steps=50, weight_decay=0.0),
                train=TrainConfig(steps=3000, mode="full", mixed_precision="no", ema_decay=0.0),
                checkpoint=CheckpointConfig(every=500, keep_last=2, export_pipeline=False),
                log=LogConfig(every=50, tensorboard=False), eval_every=500)

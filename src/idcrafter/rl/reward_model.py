@@ -88,6 +88,10 @@ def sample_frames(video: np.ndarray, n: int) -> np.ndarray:
 SUMMARY_METRICS = ("face_sim_mean", "face_sim_min", "subject_sim", "leakage", "motion", "action_acc", "binding",
                    "quality", "natural", "copy_paste")
 SUMMARY_CHECKS = ("count", "present", "no_duplicates", "coherent", "no_morphing", "steady_light", "alive", "lifelike")
+# the embedded head's readouts: a transformer over the tokens, or one linear layer over the summary
+# and `SpriteRewardHead.identity_aggregates` (it generalises better to the held-out kind: docs/rl.md)
+READOUTS = ("transformer", "linear")
+IDENTITY_AGGREGATES = 6
 
 
 @dataclass
@@ -183,10 +187,18 @@ class SpriteRewardHead(nn.Module):
     lets the head generalise to identities it never saw."""
 
     def __init__(self, feat_dim: int, dim: int = 64, layers: int = 2, heads: int = 4, frames: int = 5,
-                 max_refs: int = 4, face_dim: int | None = None, summary_dim: int = 18):
+                 max_refs: int = 4, face_dim: int | None = None, summary_dim: int = 18, readout: str = "transformer"):
         super().__init__()
+        if readout not in READOUTS:
+            raise InputError(f"model.readout must be one of {', '.join(READOUTS)}, got {readout!r}")
         self.face_dim = feat_dim // 2 if face_dim is None else face_dim
         self.max_refs = max_refs
+        self.readout = readout
+        if readout == "linear":  # the summary and the identity aggregates, read by one linear layer
+            self.linear = nn.Linear(summary_dim + IDENTITY_AGGREGATES, 1)
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
+            return
         self.ref_in = nn.Linear(feat_dim, dim)
         self.det_in = nn.Linear(feat_dim + 5 + 2 * max_refs, dim)
         self.summary_in = nn.Linear(summary_dim, dim)
@@ -211,7 +223,25 @@ class SpriteRewardHead(nn.Module):
         sims = torch.cat([sf * keep, pad, ss * keep, pad], -1)  # (B, N, M, 2 max_refs)
         return sims * f.det_mask[..., None].to(sims.dtype)
 
+    def identity_aggregates(self, f: SpriteFeatures) -> torch.Tensor:
+        """(B, 6): for the face and the subject embedding, each reference's best-matching detection
+        per sampled frame (a frame without one reads -1), averaged over frames and over references,
+        its minimum over frames averaged over references, and the minimum over both."""
+        fd, out = self.face_dim, []
+        keep = f.ref_mask.to(f.refs.dtype)  # (B, K)
+        count = keep.sum(1).clamp(min=1)
+        for sl in (slice(0, fd), slice(fd, f.refs.shape[-1])):
+            s = torch.einsum("bnmd,bkd->bnmk", f.dets[..., sl], f.refs[..., sl])
+            s = torch.where(f.det_mask[..., None], s, torch.full_like(s, -1.0))
+            best = s.max(2).values  # (B, N, K)
+            low = best.min(1).values  # (B, K)
+            out += [(best.mean(1) * keep).sum(1) / count, (low * keep).sum(1) / count,
+                    torch.where(f.ref_mask, low, torch.full_like(low, 2.0)).min(1).values]
+        return torch.stack(out, 1)
+
     def forward(self, f: SpriteFeatures) -> torch.Tensor:
+        if self.readout == "linear":
+            return self.linear(torch.cat([f.summary, self.identity_aggregates(f)], -1)).squeeze(-1)  # (B,)
         b, k = f.ref_mask.shape
         n, m = f.det_mask.shape[1:]
         refs = self.ref_in(f.refs) + self.slot[:k]  # (B, K, dim)
@@ -231,14 +261,14 @@ class SpriteRewardModel(nn.Module):
     backbone = "sprites"
 
     def __init__(self, frames: int = 5, dim: int = 64, layers: int = 2, heads: int = 4,
-                 judge_folder: str | None = None):
+                 judge_folder: str | None = None, readout: str = "transformer"):
         super().__init__()
         self.featurizer = SpriteFeaturizer(judge_folder, frames)
         self.config = dict(backbone="sprites", frames=frames, dim=dim, layers=layers, heads=heads,
-                           judge_folder=judge_folder, judge_sha256=judge_fingerprint(judge_folder))
+                           judge_folder=judge_folder, judge_sha256=judge_fingerprint(judge_folder), readout=readout)
         self.head = SpriteRewardHead(self.featurizer.dim, dim, layers, heads, frames,
                                      face_dim=self.featurizer.judge.face.dim,
-                                     summary_dim=len(SUMMARY_METRICS) + len(SUMMARY_CHECKS))
+                                     summary_dim=len(SUMMARY_METRICS) + len(SUMMARY_CHECKS), readout=readout)
 
     def features(self, videos, references, prompts: Sequence[str | None]) -> SpriteFeatures:
         return self.featurizer(videos, references, prompts)
@@ -404,7 +434,7 @@ def load_reward_model(folder: str | Path) -> nn.Module:
     state = load_file(str(weights))
     if cfg.get("backbone") == "sprites":
         model: nn.Module = SpriteRewardModel(cfg["frames"], cfg["dim"], cfg["layers"], cfg["heads"],
-                                             cfg["judge_folder"])
+                                             cfg["judge_folder"], cfg.get("readout", "transformer"))
         _check_judge(folder, cfg, model)
         model.head.load_state_dict({k[len("head."):]: v for k, v in state.items()}, strict=True)
     elif cfg.get("backbone") == "qwen":
