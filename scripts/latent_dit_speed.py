@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 
 import torch
 
@@ -55,15 +54,7 @@ def main() -> None:
         z = tr.latents.lookup(batch)[0]
         video_tokens = z.shape[2] // tokens[0] * (z.shape[3] // tokens[1]) * (z.shape[4] // tokens[2])
 
-        def step(tr=tr, batch=batch) -> float:
-            t = time.perf_counter()
-            with tr.accelerator.autocast():
-                loss, _ = tr.compute_loss(batch)
-            loss.backward()
-            tr.optimizer.zero_grad(set_to_none=True)
-            return time.perf_counter() - t
-
-        steps[name] = (step, params, video_tokens)
+        steps[name] = (lambda tr=tr, batch=batch: tr.timed_micro_step(batch), params, video_tokens)
     times: dict[str, list[float]] = {n: [] for n in steps}
     for rnd in range(args.repeats + 1):
         for name, (step, _, _) in steps.items():

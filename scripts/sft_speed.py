@@ -77,12 +77,7 @@ def cache_speed(args) -> None:
 
     def step(cached: bool) -> float:
         tr.latents = cache if cached else None
-        t = time.perf_counter()
-        with tr.accelerator.autocast():
-            loss, _ = tr.compute_loss(batch)
-        loss.backward()
-        tr.optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - t
+        return tr.timed_micro_step(batch)
 
     for threads in args.threads:
         torch.set_num_threads(threads)

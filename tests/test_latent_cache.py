@@ -98,3 +98,14 @@ def test_the_key_follows_the_codec_weights(tmp_path):
         f.write(b"\0" * 8)  # the fingerprint reads names and sizes: a retrained VAE of another size
     assert cache_key(cfg)["codec_fingerprint"] != before["codec_fingerprint"]
     assert {k for k in before if before[k] != cache_key(cfg)[k]} == {"codec_fingerprint"}
+
+
+def test_timed_micro_step_leaves_weights_and_gradients_untouched(tmp_path):
+    """What the speed scripts time: forward + backward only (no optimizer step, no gradients kept)."""
+    tr = Trainer(cfg_of(), tmp_path / "run")
+    tr.setup()
+    before = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
+    seconds = tr.timed_micro_step(tr.stream.next()[0])
+    assert isinstance(seconds, float) and seconds > 0
+    assert all(p.grad is None for p in tr.model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in tr.model.state_dict().items())

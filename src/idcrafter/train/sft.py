@@ -161,6 +161,16 @@ class Trainer(Engine):
         sums["grad_norm"], sums["lr"] = out["grad_norm"], out["lr"]
         return sums
 
+    def timed_micro_step(self, batch: Batch) -> float:
+        """Seconds of one forward + backward of `batch` under the run's autocast, the gradients
+        then dropped (no optimizer step): what the speed scripts compare."""
+        t = time.perf_counter()
+        with self.accelerator.autocast():
+            loss, _ = self.compute_loss(batch)
+        loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+
     def run_step(self) -> dict[str, Any]:
         """The next step's micro-batches through `train_step`; the position advances by the global batch."""
         t0 = time.perf_counter()
