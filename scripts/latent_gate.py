@@ -19,7 +19,6 @@ run shared the machine with other jobs): compare runs that trained side by side,
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -30,20 +29,6 @@ TARGETS = {"face_sim_mean": (">=", 0.6), "face_sim_min": (">=", 0.4), "leakage":
            "attr_acc_mean": (">=", 0.7)}
 COLUMNS = ("ref_gap_rel", "x0_err_subj", "train_s", "face_sim_mean", "face_sim_min", "leakage", "action_acc",
            "quality", "natural", "count_ok", "attr_acc_mean", "total")
-
-
-def run_curve(run: Path) -> tuple[dict[int, dict], dict[int, float]]:
-    """(evaluation entries by step, training seconds to each logged step) from `metrics.jsonl`."""
-    evals, seconds, prev, total = {}, {}, 0, 0.0
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        d = json.loads(line)
-        if "step_time" in d:
-            total += d["step_time"] * (d["step"] - prev)
-            seconds[d["step"]] = total
-            prev = d["step"]
-        if "ema/ref_gap_rel_subject/t0.6" in d:
-            evals[d["step"]] = d
-    return evals, seconds
 
 
 def score_clips(clips, cases, judge, audit) -> dict[str, float]:
@@ -77,6 +62,7 @@ def main() -> None:
     from idcrafter.heldout import HeldoutConfig, generate_cached
     from idcrafter.judge.audit import AuditJudge
     from idcrafter.judge.judge import Judge
+    from idcrafter.train.export import training_record
     from idcrafter.utils.io import atomic_write_json
 
     torch.set_num_threads(1)
@@ -88,7 +74,6 @@ def main() -> None:
     for spec in args.run:
         name, _, folder = spec.partition("=")
         run = Path(folder)
-        evals, seconds = run_curve(run)
         cases = None
         for step in steps:
             pipe_dir = run / "checkpoints" / f"step_{step:08d}" / "pipeline"
@@ -96,9 +81,10 @@ def main() -> None:
                 print(f"{name}: no kept checkpoint at step {step} ({pipe_dir})")
                 continue
             clips, cases = generate_cached(pipe_dir, held, args.cache)
-            ev = evals.get(step, {})
-            row = {"ref_gap_rel": ev.get("ema/ref_gap_rel_subject/t0.6"), "x0_err_subj": ev.get("ema/x0_err_subject/t0.6"),
-                   "train_s": seconds.get(step), **score_clips(clips, cases, judge, audit)}
+            rec = training_record(run, step)  # the card's reading of metrics.jsonl: seconds and last evaluation
+            gap = rec["reference_gap"] if rec["eval_step"] == step else {}
+            row = {"ref_gap_rel": gap.get("ema/ref_gap_rel_subject/t0.6"), "x0_err_subj": gap.get("ema/x0_err_subject/t0.6"),
+                   "train_s": rec["train_seconds"], **score_clips(clips, cases, judge, audit)}
             table[f"{name} {step}"] = row
         if cases is not None:
             table[f"{name} ground truth"] = score_clips([c.ground_truth for c in cases], cases, judge, audit)

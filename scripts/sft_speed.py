@@ -25,6 +25,17 @@ from idcrafter.recipes import recipe
 from idcrafter.train.sft import Trainer
 
 
+def interleaved(step, variants: tuple, repeats: int) -> dict:
+    """{variant: [seconds, ...]}: one warm-up call of each, then `repeats` rounds in `variants` order."""
+    for v in variants:
+        step(v)
+    times: dict = {v: [] for v in variants}
+    for _ in range(repeats):
+        for v in variants:
+            times[v].append(step(v))
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="sprites")
@@ -53,11 +64,7 @@ def main() -> None:
     b = len(batch)
     for threads in args.threads:
         torch.set_num_threads(threads)
-        step(True), step(False)  # warm-up
-        times: dict[bool, list[float]] = {True: [], False: []}
-        for _ in range(args.repeats):
-            for bf16 in (True, False):
-                times[bf16].append(step(bf16))
+        times = interleaved(step, (True, False), args.repeats)
         med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
         print(f"threads {threads}: bf16 {med[True]:.2f} s/step ({b / med[True]:.2f} samples/s), "
               f"fp32 {med[False]:.2f} s/step ({b / med[False]:.2f} samples/s), speed-up {med[False] / med[True]:.2f}x")
@@ -81,11 +88,7 @@ def cache_speed(args) -> None:
 
     for threads in args.threads:
         torch.set_num_threads(threads)
-        step(True), step(False)  # warm-up
-        times: dict[bool, list[float]] = {True: [], False: []}
-        for _ in range(args.repeats):
-            for cached in (False, True):
-                times[cached].append(step(cached))
+        times = interleaved(step, (False, True), args.repeats)
         med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
         spread = {k: (min(v), max(v)) for k, v in times.items()}
         print(f"threads {threads}, batch {len(batch)}: encoded {med[False]:.2f} s/step "

@@ -212,6 +212,11 @@ CASES = [
     (["train", "cache-latents", "--recipe", "debug", "--out", "{out}/c", "data.limit=4",
       "data.latent_cache={out}/c"], "drop data.latent_cache"),
     (SFT + ["data.limit=4", "data.latent_cache={out}/none"], "not a finished latent cache"),
+    (["train", "cache-latents", "--recipe", "debug", "--out", "{out}/c", "data.limit=4", "--shard-size", "0"],
+     "shard_size"),
+    (SFT + ["data.curriculum=0:1:fast"], "STEP:K"),
+    (SFT + ["data.curriculum=100:2"], "step 0"),
+    (SFT + ["data.curriculum=0:9"], "1..4"),
     # ---- train export
     (EXPORT + ["--out", "{run}"], "run folder"),
     (EXPORT + ["--out", "{run}/shipped"], "run folder"),

@@ -70,7 +70,7 @@ def training_record(run_dir: Path, step: int) -> dict[str, Any]:
             if "ref_gap_subject/t0.6" in row:
                 last_eval = row
     keys = ("x0_err_subject/t0.6", "ref_gap_subject/t0.6", "ref_gap_rel_subject/t0.6", "ref_gap_rel_subject/t0.9",
-            "ema/ref_gap_rel_subject/t0.6", "ema/ref_gap_rel_subject/t0.9")
+            "ema/x0_err_subject/t0.6", "ema/ref_gap_rel_subject/t0.6", "ema/ref_gap_rel_subject/t0.9")
     return {"train_seconds": seconds, "eval_step": last_eval.get("step"),
             "reference_gap": {k: last_eval[k] for k in keys if k in last_eval}}
 
