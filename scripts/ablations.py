@@ -21,6 +21,14 @@ perceptual quality.
     .venv/bin/python scripts/ablations.py --steps 3000 --threads 2          # everything
     .venv/bin/python scripts/ablations.py --only concat/t5 --steps 3000     # one run
     .venv/bin/python scripts/ablations.py --report-only                     # table + plot
+
+In the latent world (issue 13) the arms keep the recipe's own 20k-step schedule and stop at
+`--steps`, so the shared point can be a milestone of a long run of the same recipe instead of a
+sixth training (`--base`: that run's kept checkpoint at `--steps` is judged as hierarchical/t5):
+
+    .venv/bin/python scripts/ablations.py --recipe sprites-latent --schedule recipe --steps 2000 \
+        --base runs/latent --subjects 2,3,4 --threads 1 --out runs/ablations-latent \
+        --doc docs/ablations-latent.md --plot docs/ablations-latent.png
 """
 
 from __future__ import annotations
@@ -47,16 +55,28 @@ PROXY_NAMES = ("x0 err t0.6", "x0 err subject t0.6", "x0 err subject t0.9", "ref
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def variant_config(name: str, steps: int, threads: int, extra: list[str]):
+def variant_config(name: str, steps: int, threads: int, extra: list[str], recipe_name: str = "sprites",
+                   schedule: str = "budget"):
+    """The recipe with one variant's fields. `schedule`: "budget" shortens the recipe's schedule
+    to `steps` (warm-up a tenth of it, at most 300); "recipe" keeps the recipe's schedule and stops
+    at `steps`, so every arm is the first `steps` steps of one long run of that variant."""
     from idcrafter.config import apply_overrides
+    from idcrafter.errors import InputError
     from idcrafter.recipes import recipe
 
-    cfg = recipe("sprites")
-    cfg.model.preset_overrides = dict(VARIANTS[name])
+    cfg = recipe(recipe_name)
+    cfg.model.preset_overrides = {**cfg.model.preset_overrides, **VARIANTS[name]}
     if VARIANTS[name].get("text_mode", "t5") != "t5":
         cfg.model.vlm_path = "tiny"
-    return apply_overrides(cfg, [f"train.steps={steps}", f"optim.warmup_steps={min(300, steps // 10)}",
-                                 f"train.threads={threads}", "eval.sample_every=0", "eval.every=250",
+    if schedule == "budget":
+        sched = [f"train.steps={steps}", f"optim.warmup_steps={min(300, steps // 10)}"]
+    elif schedule == "recipe":
+        if steps > cfg.train.steps:
+            raise InputError(f"--steps {steps} is past the {recipe_name} recipe's schedule ({cfg.train.steps} steps)")
+        sched = [f"train.stop_at={steps}"]
+    else:
+        raise InputError(f"--schedule must be budget or recipe, got {schedule!r}")
+    return apply_overrides(cfg, [*sched, f"train.threads={threads}", "eval.sample_every=0", "eval.every=250",
                                  f"checkpoint.every={min(250, steps)}", "log.progress=false", *extra])
 
 
@@ -70,22 +90,30 @@ def run_variant(name: str, args) -> dict:
     done = run_dir / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    cfg = variant_config(name, args.steps, args.threads, args.overrides)
-    print(f"== {name}: training {args.steps} steps in {run_dir}", flush=True)
-    run_sft(cfg, run_dir, resume=True)
-    final = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    if name == "hierarchical/t5" and args.base is not None:  # the shared point: a long run's milestone
+        metrics_run, final = args.base, ckpt.checkpoint_dir(args.base / "checkpoints", args.steps)
+        if not (final / "pipeline").is_dir():
+            raise SystemExit(f"--base {args.base} has no kept checkpoint at step {args.steps} ({final})")
+        print(f"== {name}: the step-{args.steps} checkpoint of {args.base}", flush=True)
+    else:
+        cfg = variant_config(name, args.steps, args.threads, args.overrides, args.recipe, args.schedule)
+        print(f"== {name}: training {args.steps} steps in {run_dir}", flush=True)
+        run_sft(cfg, run_dir, resume=True)
+        metrics_run, final = run_dir, ckpt.checkpoint_dir(run_dir / "checkpoints", args.steps)
     # the trainer restores the process's thread count when it ends; judge with the run's own count,
     # or a 2-thread evaluation beside another job oversubscribes the cores (measured: 10-20x slower)
     torch.set_num_threads(args.threads)
     pipe = IDCrafterPipeline.from_pretrained(str(final / "pipeline"))
-    res = evaluate_heldout(pipe, HeldoutConfig(n=args.heldout, seed=1234, steps=20), out_dir=run_dir / "heldout")
-    gaps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    gaps = [g for g in gaps if "ema/ref_gap_rel_subject/t0.6" in g]
+    held = HeldoutConfig(n=args.heldout, seed=1234, steps=20, subjects=tuple(int(k) for k in args.subjects.split(",")))
+    res = evaluate_heldout(pipe, held, out_dir=run_dir / "heldout")
+    gaps = [json.loads(line) for line in (metrics_run / "metrics.jsonl").read_text().splitlines()]
+    gaps = [g for g in gaps if "ema/ref_gap_rel_subject/t0.6" in g and g["step"] <= args.steps]
     out = {"name": name, "steps": args.steps, "generated": res["generated"], "ground_truth": res["ground_truth"],
            "ref_gap_curve": [(g["step"], g["ema/ref_gap_rel_subject/t0.6"], g["ema/ref_gap_rel_subject/t0.9"])
                              for g in gaps],
            "final_eval": {k: v for k, v in gaps[-1].items() if k.startswith("ema/")} if gaps else {},
            "generated_se": standard_errors(res["cases"])}
+    run_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(out, indent=2))
     return out
 
@@ -166,6 +194,11 @@ def main() -> None:
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "ablations.md")
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "ablations.png")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--recipe", default="sprites", help="the recipe every arm varies (sprites, sprites-latent)")
+    ap.add_argument("--schedule", choices=("budget", "recipe"), default="budget",
+                    help="budget: the schedule shortened to --steps; recipe: the recipe's own, stopped at --steps")
+    ap.add_argument("--base", type=Path, help="a run of --recipe whose step --steps checkpoint is hierarchical/t5")
+    ap.add_argument("--subjects", default="2,3", help="held-out cast sizes, cycled")
     ap.add_argument("overrides", nargs="*", help="extra config overrides for every run (key=value)")
     args = ap.parse_args()
     names = args.only or list(VARIANTS)

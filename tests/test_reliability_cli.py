@@ -217,6 +217,8 @@ CASES = [
     (SFT + ["data.curriculum=0:1:fast"], "STEP:K"),
     (SFT + ["data.curriculum=100:2"], "step 0"),
     (SFT + ["data.curriculum=0:9"], "1..4"),
+    (SFT + ["train.stop_at=-1"], "stop_at"),
+    (SFT + ["train.steps=5", "train.stop_at=6"], "stop_at"),
     # ---- train export
     (EXPORT + ["--out", "{run}"], "run folder"),
     (EXPORT + ["--out", "{run}/shipped"], "run folder"),

@@ -271,6 +271,32 @@ def test_sigkill_then_resume_is_bitwise_exact(tmp_path):
     assert steps_logged == list(range(1, 11))  # the killed run's tail was dropped on resume
 
 
+def test_stop_at_runs_a_piece_of_the_full_schedule(tmp_path):
+    """`train.stop_at` stops after that step with the schedule laid over `train.steps`: the piece
+    equals the first steps of the whole run, and resuming with a later stop continues it exactly."""
+    steps = ["train.steps=8", "optim.warmup_steps=2", "checkpoint.every=0", "eval.every=0",
+             "checkpoint.export_final=false"]
+    whole = Trainer(debug_cfg(*steps, "checkpoint.every=3", "checkpoint.keep_last=5"), tmp_path / "whole")
+    whole.train()
+    at3 = ckpt.load_tensors(tmp_path / "whole" / "checkpoints" / "step_00000003" / "trainable.safetensors")
+    piece = Trainer(debug_cfg(*steps, "train.stop_at=3"), tmp_path / "piece")
+    piece.train()
+    assert piece.step == 3
+    oc = piece.cfg.optim  # the lr after 3 steps is the 8-step schedule's, not a 3-step one's
+    want_lr = oc.lr * lr_factor(3, 2, 8, oc.schedule, oc.min_lr_ratio)
+    assert piece.scheduler.get_last_lr()[0] == pytest.approx(want_lr, rel=1e-6)
+    assert want_lr != pytest.approx(oc.lr * lr_factor(3, 2, 3, oc.schedule, oc.min_lr_ratio))
+    got = ckpt.load_tensors(tmp_path / "piece" / "checkpoints" / "step_00000003" / "trainable.safetensors")
+    assert all(torch.equal(got[k], at3[k]) for k in at3)
+    rest = Trainer(debug_cfg(*steps), tmp_path / "piece", resume=True)
+    rest.train()
+    want = ckpt.load_tensors(tmp_path / "whole" / "checkpoints" / "step_00000008" / "trainable.safetensors")
+    got = ckpt.load_tensors(tmp_path / "piece" / "checkpoints" / "step_00000008" / "trainable.safetensors")
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(InputError, match="stop_at"):
+        debug_cfg(*steps, "train.stop_at=9").validate()
+
+
 # ------------------------------------------------------------------ learning
 def test_debug_recipe_overfits_a_fixed_batch(tmp_path):
     cfg = debug_cfg("train.steps=30", "data.limit=2", "optim.lr=3e-3", "optim.warmup_steps=0",

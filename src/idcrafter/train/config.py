@@ -67,7 +67,8 @@ class TrainConfig:
     """The loop. `mode`: "full" (every transformer weight), "adapters" (only the new subject
     modules, `model.new_parameters()`), "lora" (peft LoRA on the base targets + new modules)."""
 
-    steps: int = 40_000
+    steps: int = 40_000  # the schedule's length (warm-up + decay are laid over it)
+    stop_at: int = 0  # > 0: this process stops after that step, the schedule still spans `steps` (run pieces, milestones)
     grad_accum: int = 1
     mode: str = "full"
     lora_rank: int = 32
@@ -90,6 +91,9 @@ class TrainConfig:
             raise InputError(f"train.mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
         if self.steps < 1 or self.grad_accum < 1:
             raise InputError("train.steps and train.grad_accum must be >= 1")
+        if not 0 <= self.stop_at <= self.steps:
+            raise InputError(f"train.stop_at must be in [0, train.steps={self.steps}] (0 = run to the end), "
+                             f"got {self.stop_at}")
         if not 0 <= self.ema_decay < 1:
             raise InputError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
 

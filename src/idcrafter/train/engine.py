@@ -316,7 +316,7 @@ class Engine:
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, Any]:
-        """Run until `train.steps`; returns the last logged metrics."""
+        """Run until `train.stop_at` (when > 0) or `train.steps`; returns the last logged metrics."""
         if not self._ready:
             self.setup()
         self._fire("on_train_start")
@@ -342,7 +342,8 @@ class Engine:
         cfg = self.cfg
         window: list[dict[str, Any]] = []
         last: dict[str, Any] = {}
-        while self.step < cfg.train.steps:
+        end = cfg.train.stop_at or cfg.train.steps
+        while self.step < end:
             t0 = time.perf_counter()
             metrics = self.run_step()
             self.step += 1
@@ -353,12 +354,12 @@ class Engine:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(self.postfix(metrics))
-            if self.step % cfg.log.every == 0 or self.step == cfg.train.steps:
+            if self.step % cfg.log.every == 0 or self.step == end:
                 last = self.log_window(window)
                 window = []
             self._fire("on_step_end", self.step, metrics)
             self.evaluate_if_due(self.step)
-            if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or self.step == cfg.train.steps:
+            if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or self.step == end:
                 self.save_checkpoint()
         return last
 
@@ -388,7 +389,8 @@ class Engine:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.cfg.train.steps, initial=self.step, desc=self.progress_name, dynamic_ncols=True)
+        return tqdm(total=self.cfg.train.stop_at or self.cfg.train.steps, initial=self.step, desc=self.progress_name,
+                    dynamic_ncols=True)
 
     def finish(self, last: dict[str, Any]) -> None:
         if self.cfg.checkpoint.export_final:
