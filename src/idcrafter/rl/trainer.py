@@ -208,7 +208,7 @@ class RLTrainer(Engine):
             dist.broadcast_object_list(stop, src=0)
         if stop[0]:
             log.warning("hacking monitor: stopping at iteration %d (monitor.stop is on)", step)
-            self.cfg.train.steps = step  # ends the loop after this step's checkpoint
+            self.request_stop()  # ends the loop after this step's checkpoint
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {"monitor": self.monitor.state() if self.monitor is not None else None}

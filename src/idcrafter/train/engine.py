@@ -343,7 +343,8 @@ class Engine:
         window: list[dict[str, Any]] = []
         last: dict[str, Any] = {}
         end = cfg.train.stop_at or cfg.train.steps
-        while self.step < end:
+        self._stop_requested = False
+        while self.step < end and not self._stop_requested:
             t0 = time.perf_counter()
             metrics = self.run_step()
             self.step += 1
@@ -359,9 +360,15 @@ class Engine:
                 window = []
             self._fire("on_step_end", self.step, metrics)
             self.evaluate_if_due(self.step)
-            if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or self.step == end:
+            if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or self.step == end \
+                    or self._stop_requested:
                 self.save_checkpoint()
         return last
+
+    def request_stop(self) -> None:
+        """End the loop after the current step, checkpointed (e.g. the RL hacking monitor's stop).
+        The config is untouched, so a `--resume` continues the same schedule."""
+        self._stop_requested = True
 
     def postfix(self, metrics: dict[str, Any]) -> dict[str, str]:
         """What the progress bar shows after a step."""
