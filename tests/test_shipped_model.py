@@ -34,3 +34,22 @@ def test_shipped_generator_loads_as_the_sprites_preset():
     cfg = pipe.transformer.config
     assert (cfg.num_layers, cfg.num_attention_heads * cfg.attention_head_dim) == (6, 128)
     assert pipe.config.reference_size == 36 and pipe.config.default_frames == 5
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_shipped_latent_generator_links_the_shipped_vae_and_loads():
+    """The work-in-progress latent DiT: small, with a card, its VAE a relative link to the sibling
+    shipped VAE (so a fresh clone resolves it), and loadable as the `sprites-latent` preset."""
+    from idcrafter.demo import load_generator
+
+    folder = SHIPPED.parent / "sprites-latent"
+    vae = folder / "vae"
+    assert vae.is_symlink() and not Path(vae.readlink()).is_absolute(), "the VAE must be a relative link"
+    assert vae.resolve() == (SHIPPED.parent / "sprites-vae").resolve()
+    files = [p for p in folder.rglob("*") if p.is_file() and "vae" not in p.relative_to(folder).parts]
+    assert sum(p.stat().st_size for p in files) / 2**20 < 15
+    card = (folder / "README.md").read_text()
+    assert "recipe `sprites-latent`" in card and "Steps: 5000" in card and "| face_sim_mean |" in card
+    pipe = load_generator(folder)
+    assert type(pipe.vae).__name__ == "AutoencoderKLWan"
+    assert pipe.config.reference_size == 40 and pipe.config.default_frames == 5
