@@ -1,25 +1,14 @@
 """scripts/ablations.py: each arm differs from its recipe in exactly the variant's fields."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from script_support import load_script
 
 from idcrafter.errors import InputError
 from idcrafter.recipes import recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("ablations", ROOT / "scripts" / "ablations.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_latent_arms_keep_the_recipe_schedule_and_change_one_field():
-    abl = _script()
+    abl = load_script("ablations")
     base = recipe("sprites-latent")
     cfg = abl.variant_config("concat/t5", 2000, 1, [], "sprites-latent", "recipe")
     assert cfg.train.steps == base.train.steps and cfg.train.stop_at == 2000

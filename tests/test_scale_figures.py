@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from script_support import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("scale_figures", ROOT / "scripts" / "scale_figures.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def counts():
-    mod = load_script()
+    mod = load_script("scale_figures")
     return {name: mod.transformer_counts(name) for name in mod.PRESETS}
 
 
@@ -47,6 +40,6 @@ def test_docs_quote_the_measured_counts(counts):
 def test_real_size_forward_and_backward_on_this_cpu():
     """The 1.3B preset at its real size (random weights, bf16 base, LoRA, checkpointing): one
     forward and backward at a tiny latent size, with the process's peak memory."""
-    res = load_script().forward_backward()
+    res = load_script("scale_figures").forward_backward()
     assert res["trainable"] == 43_745_280 + 68_565_504
     assert res["peak_rss_gb"] < 8  # the base really is bf16 (fp32 would be 5.7 GB for the base alone)
