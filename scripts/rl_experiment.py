@@ -114,10 +114,9 @@ def ensure_reward_model(args) -> Path:
 
 # ------------------------------------------------------------------ evaluation
 def held_out(pipe, args) -> list:
-    from idcrafter.heldout import HeldoutConfig, example_case, heldout_cases
+    from idcrafter.heldout import HeldoutConfig, heldout_generation_cases
 
-    cfg = HeldoutConfig(n=args.eval_n, steps=args.eval_steps, guidance=args.cfg)
-    return [example_case(ex, f"case_{i:02d}", cfg.sample_seed + i) for i, ex in enumerate(heldout_cases(pipe, cfg))]
+    return heldout_generation_cases(pipe, HeldoutConfig(n=args.eval_n, steps=args.eval_steps, guidance=args.cfg))
 
 
 def generate(pipeline: Path, npz: Path, args, truth: bool = False):

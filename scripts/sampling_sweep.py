@@ -46,7 +46,7 @@ def main() -> None:
 
     from idcrafter.devices import load_pipeline
     from idcrafter.generation import GenerationSettings, generate
-    from idcrafter.heldout import HeldoutConfig, example_case, heldout_cases
+    from idcrafter.heldout import HeldoutConfig, heldout_generation_cases
     from idcrafter.judge.audit import AuditJudge
     from idcrafter.judge.judge import Judge
     from idcrafter.utils.io import atomic_write_json
@@ -55,15 +55,15 @@ def main() -> None:
     torch.set_num_threads(1)
     pipe = load_pipeline(args.model)
     held = HeldoutConfig(n=args.n, seed=args.seed, subjects=tuple(int(k) for k in args.subjects.split(",")))
-    cases = [example_case(ex, f"case_{i:02d}", held.sample_seed + i) for i, ex in enumerate(heldout_cases(pipe, held))]
+    cases = heldout_generation_cases(pipe, held)
     judge, audit = Judge.load(), AuditJudge.load()
     table = {}
     for shift, guidance, steps in itertools.product(floats(args.shift), floats(args.guidance), floats(args.steps)):
         pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
         clips = generate(pipe, cases, GenerationSettings(steps=int(steps), guidance=guidance))
-        table[f"{shift:g}:{guidance:g}:{int(steps)}"] = score_clips(clips, cases, judge, audit)
-        print(f"shift {shift:g}, guidance {guidance:g}, {int(steps)} steps: total "
-              f"{table[f'{shift:g}:{guidance:g}:{int(steps)}']['total']:.3f}", flush=True)
+        key = f"{shift:g}:{guidance:g}:{int(steps)}"
+        table[key] = score_clips(clips, cases, judge, audit)
+        print(f"shift {shift:g}, guidance {guidance:g}, {int(steps)} steps: total {table[key]['total']:.3f}", flush=True)
     table["ground truth"] = score_clips([c.ground_truth for c in cases], cases, judge, audit)
     cols = [c for c in COLUMNS if c in next(iter(table.values()))]
     print(f"\n{args.model}: {args.n} held-out casts of {args.subjects} subjects (seed {args.seed}); "

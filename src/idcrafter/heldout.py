@@ -53,6 +53,12 @@ def heldout_cases(pipe, cfg: HeldoutConfig) -> list:
             for i in range(cfg.n)]
 
 
+def heldout_generation_cases(pipe, cfg: HeldoutConfig) -> list:
+    """The held-out casts of `cfg` as `generation.Case`s keyed `case_00`, ... with sample seeds
+    `cfg.sample_seed + i`: the one definition every held-out evaluation samples."""
+    return [example_case(ex, f"case_{i:02d}", cfg.sample_seed + i) for i, ex in enumerate(heldout_cases(pipe, cfg))]
+
+
 def example_case(ex, key: str, seed: int):
     """A SpriteWorld example as a `generation.Case` (its render as the ground truth)."""
     from idcrafter.generation import Case
@@ -81,7 +87,7 @@ def generate_cached(folder: str | Path, cfg: HeldoutConfig, cache: str | Path) -
     key = (f"{folder.resolve().as_posix().strip('/').replace('/', '+')}_n{cfg.n}_s{cfg.seed}"
            f"_st{cfg.steps}_g{cfg.guidance}{extra}.npz")
     pipe = load_pipeline(folder)
-    cases = [example_case(ex, f"case_{i:02d}", cfg.sample_seed + i) for i, ex in enumerate(heldout_cases(pipe, cfg))]
+    cases = heldout_generation_cases(pipe, cfg)
     path = cache / key
     if path.is_file():
         with np.load(path) as z:
@@ -123,7 +129,7 @@ def evaluate_heldout(pipe, cfg: HeldoutConfig | None = None, judge=None, out_dir
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    cases = [example_case(ex, f"case_{i:02d}", cfg.sample_seed + i) for i, ex in enumerate(heldout_cases(pipe, cfg))]
+    cases = heldout_generation_cases(pipe, cfg)
     settings = GenerationSettings(steps=cfg.steps, guidance=cfg.guidance, guide_references=cfg.guide_references)
     rows = []
     for i, res in enumerate(generate_and_score(pipe, cases, settings, scorer, score_truth=True, progress=progress,

@@ -342,7 +342,7 @@ class Engine:
         cfg = self.cfg
         window: list[dict[str, Any]] = []
         last: dict[str, Any] = {}
-        end = cfg.train.stop_at or cfg.train.steps
+        end = self.end_step
         self._stop_requested = False
         while self.step < end and not self._stop_requested:
             t0 = time.perf_counter()
@@ -364,6 +364,11 @@ class Engine:
                     or self._stop_requested:
                 self.save_checkpoint()
         return last
+
+    @property
+    def end_step(self) -> int:
+        """The step this process stops after: `train.stop_at` when > 0, else `train.steps`."""
+        return self.cfg.train.stop_at or self.cfg.train.steps
 
     def request_stop(self) -> None:
         """End the loop after the current step, checkpointed (e.g. the RL hacking monitor's stop).
@@ -396,8 +401,7 @@ class Engine:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.cfg.train.stop_at or self.cfg.train.steps, initial=self.step, desc=self.progress_name,
-                    dynamic_ncols=True)
+        return tqdm(total=self.end_step, initial=self.step, desc=self.progress_name, dynamic_ncols=True)
 
     def finish(self, last: dict[str, Any]) -> None:
         if self.cfg.checkpoint.export_final:
