@@ -8,8 +8,8 @@
    place); both manifests keep the same clips.
 2. The generator is fine-tuned from `--init` on each set for the same `--steps` (same recipe,
    seed, batch; only `data.path` differs). Resumable: re-running continues both runs.
-3. Each run is exported and judged on held-out casts (`idcrafter train export`, n casts): the
-   script prints copy-paste, quality, identity (face_sim_mean / min, subject_sim) and total of
+3. Each run is exported (`idcrafter train export --no-eval`) and its export judged on the same
+   held-out casts as `--init` (`idcrafter eval heldout --model EXPORT --n N`): the script prints copy-paste, quality, identity (face_sim_mean / min, subject_sim) and total of
    both arms and of `--init` itself, and writes them to `<out>/ablation.json`.
 
 Every command is printed before it runs, so any step can be repeated by hand.
@@ -63,9 +63,12 @@ def main() -> None:
                      "eval.sample_every=0", "optim.warmup_steps=50", "optim.lr=1e-4"]
         run([exe, "train", "sft", "--recipe", "sprites", "--run-dir", str(run_dir), "--resume", *overrides])
         # beside the run folder: export refuses a target inside the run it reads (it would delete the run)
-        out = run([exe, "train", "export", "--run-dir", str(run_dir), "--out", str(a.out / f"{arm}-export"),
-                   "--n", str(a.n)])
-        results[arm] = last_json(out)
+        export = a.out / f"{arm}-export"
+        if not (export / "model_index.json").is_file():
+            # --no-eval: a manifest-trained run has no eval.path, so export's own check would be empty;
+            # each arm is judged below exactly as --init is
+            run([exe, "train", "export", "--run-dir", str(run_dir), "--out", str(export), "--no-eval"])
+        results[arm] = last_json(run([exe, "eval", "heldout", "--model", str(export), "--n", str(a.n), "--json"]))
     table = {arm: {k: (r.get("generated", r).get(k)) for k in KEYS} for arm, r in results.items()}
     (a.out / "ablation.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()},
                                                      "results": results, "table": table}, indent=1))

@@ -54,7 +54,8 @@ def timing(a: argparse.Namespace) -> dict:
     from idcrafter.eval.benchmark import resolve_benchmark
     from idcrafter.eval.runner import load_generator
 
-    case = next(c for c in resolve_benchmark("sprites-heldout").cases(8, a.seed) if c.subjects == 3)
+    # a 3-subject cast at our generator's own size (the peer's recipe shares it)
+    case = next(c for c in resolve_benchmark("sprites-heldout").for_model(a.ours).cases(8, a.seed) if c.subjects == 3)
     size = tuple(case.ground_truth.shape[:3])  # (F, H, W)
     pipes = {"ours": load_generator(a.ours), "peer": load_generator(a.peer)}
     runs = {n: pb.sampler_run(p, case.prompt, case.references, a.timing_steps, a.cfg, size) for n, p in pipes.items()}

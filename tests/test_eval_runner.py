@@ -202,6 +202,41 @@ def test_model_mode_generates_once_and_survives_an_interrupt(pipe_dir, tmp_path,
     assert [c["metrics"] for c in other["cases"]] == [c["metrics"] for c in res["cases"]]
 
 
+def test_sprites_casts_are_rendered_at_the_generators_own_size(tmp_path, monkeypatch):
+    """A model trained on 5-frame clips with 24 px references is asked for 5 frames and gets 24 px
+    references (the casts rendered at its `model_index.json` size, as `eval heldout` does), the
+    ground truth it is scored against has 5 frames, and the run's identity names that world; an
+    explicit world and the `--videos` default are left alone."""
+    from idcrafter.encoders.text import TextEncoder
+    from idcrafter.eval import benchmark as B
+    from idcrafter.models.codecs import PixelCodec
+    from idcrafter.pipeline import build_pipeline
+
+    torch.manual_seed(0)
+    folder = tmp_path / "five"
+    build_pipeline("debug", PixelCodec(3, 2), TextEncoder.tiny(32, max_length=64), default_frames=5,
+                   reference_size=24).save_pretrained(folder)
+    assert B.native_world(folder) == dict(frames=5, height=48, width=48, ref_size=24)
+    assert B.native_world(tmp_path / "nothing") == B.DEFAULT_WORLD
+    seen = []
+
+    def truth_frames(frames, case):
+        seen.append((frames.shape, case.ground_truth.shape, case.references[0].shape))
+        return {"frames": float(len(frames))}
+
+    monkeypatch.setattr(B.Benchmark, "suite", lambda self, cfg: Suite([Metric("frames", truth_frames)]))
+    bench = resolve_benchmark("sprites-heldout")
+    res = R.run(R.RunSpec(bench, tmp_path / "run", model=folder, cases=2, seed=1,
+                          settings=GenerationSettings(steps=1)), progress=False)
+    assert [c["metrics"]["frames"] for c in res["cases"]] == [5.0, 5.0]
+    assert {(v, g, r) for v, g, r in seen} == {((5, 48, 48, 3), (5, 48, 48, 3), (24, 24, 3))}
+    ident = json.loads((tmp_path / "run" / "run.json").read_text())["identity"]
+    assert ident["benchmark"]["world"] == dict(frames=5, height=48, width=48, ref_size=24)
+    assert bench.world is None and bench.world_size == B.DEFAULT_WORLD  # the caller's benchmark is untouched
+    fixed = resolve_benchmark("sprites-heldout", world=dict(frames=3, height=48, width=48, ref_size=32))
+    assert fixed.for_model(folder) is fixed
+
+
 def test_sprites_suite_scores_with_judge_audit_and_truth(tmp_path):
     from idcrafter.eval.suite import sprites_suite
 
@@ -231,6 +266,19 @@ def test_compare_table_with_deltas(tmp_path):
     assert "| judge/leakage | 0.1000 | 0.2000 (+0.1000 worse) |" in md and "Warning" not in md
     with pytest.raises(InputError, match="no results.json"):
         load_results(tmp_path)
+    # the same casts at each generator's own length: a note, not the different-cases warning
+    for name, frames in (("ours", 5), ("peer", 9)):
+        r = json.loads((tmp_path / name / "results.json").read_text())
+        r["benchmark"]["world"] = dict(frames=frames, height=48, width=48, ref_size=32)
+        (tmp_path / name / "results.json").write_text(json.dumps(r))
+    runs = [load_results(tmp_path / n) for n in ("ours", "peer")]
+    md = compare_markdown([tmp_path / "ours", tmp_path / "peer"], runs)
+    assert "Warning" not in md and "ours 5x48x48 (refs 32 px), peer 9x48x48" in md
+    r = json.loads((tmp_path / "peer" / "results.json").read_text())
+    r["benchmark"]["name"] = "other"
+    (tmp_path / "peer" / "results.json").write_text(json.dumps(r))
+    md = compare_markdown([tmp_path / "ours", tmp_path / "peer"], [load_results(tmp_path / n) for n in ("ours", "peer")])
+    assert "Warning: these runs were not made on the same benchmark cases" in md
 
 
 def test_cli_eval_help_errors_and_compare(opens2v, tmp_path):

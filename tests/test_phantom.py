@@ -64,6 +64,28 @@ def test_builder_and_recipe_make_the_peer():
         ModelConfig(preset="debug", text_dim=32, preset_overrides={"architecture": "nope"}).build()
 
 
+def test_latent_recipe_is_the_latent_recipe_with_reference_frames_of_the_video_size():
+    """`sprites-latent-phantom` differs from `sprites-latent` only in the architecture and the
+    reference size, and the shipped VAE turns each reference into one latent frame of the video's
+    latent size (what the peer's forward requires)."""
+    import dataclasses
+
+    from idcrafter.recipes import recipe
+
+    cfg, base = recipe("sprites-latent-phantom"), recipe("sprites-latent")
+    differs = {k for k, v in dataclasses.asdict(cfg.model).items() if dataclasses.asdict(base.model)[k] != v}
+    assert differs == {"preset_overrides", "reference_size"}
+    assert dataclasses.asdict(cfg.loss) == dataclasses.asdict(base.loss) and cfg.train == base.train
+    assert cfg.model.reference_size == cfg.data.ref_size == cfg.data.height
+    pipe = cfg.model.build()
+    assert type(pipe) is PhantomPipeline and type(pipe.transformer) is PhantomTransformer3DModel
+    rng = np.random.default_rng(0)
+    two = [rng.integers(0, 256, (cfg.data.ref_size, cfg.data.ref_size, 3), dtype=np.uint8) for _ in range(2)]
+    cond = pipe.encode_conditions(["a girl waves"], [two], 2.5)
+    c, f, h, w = pipe.codec.latent_shape(cfg.model.frames, cfg.model.height, cfg.model.width)
+    assert tuple(cond.cache.references.shape) == (3, c, 2, h, w)  # (passes * B, C, K, h, w)
+
+
 def test_forward_shapes_and_reference_tokens():
     model = tiny_model()
     x, text, subj = inputs(b=2, k=3)

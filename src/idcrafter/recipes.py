@@ -9,6 +9,7 @@
 | `sprites`     | `sprites` preset, pixel codec, tiny T5 | full, from scratch         | SpriteWorld 5 x 48 x 48, B 16|
 | `sprites-latent` | `sprites-latent` preset, SpriteWorld Wan VAE | full, from scratch | as `sprites`, 40 px refs |
 | `sprites-phantom` | `sprites` preset, Phantom-style peer (issue 15) | full, from scratch | as `sprites`, 48 px refs |
+| `sprites-latent-phantom` | `sprites-latent` preset + VAE, Phantom-style peer | full, from scratch | as `sprites`, 48 px refs |
 | `wan2.1-1.3b` | Wan2.1-T2V-1.3B + Qwen2.5-VL grounding | LoRA r32 + new modules     | real clips (JSONL manifest)  |
 | `wan2.1-14b`  | Wan2.1-T2V-14B + Qwen2.5-VL grounding  | LoRA r32 + new modules     | real clips (JSONL manifest)  |
 
@@ -116,6 +117,18 @@ def sprites_phantom() -> Config:
     self-attention, three-pass guidance in `idcrafter.peer`). References are rendered at the
     frame size, as Phantom pads them to the video's size: 48 px -> 8 x 8 tokens per reference."""
     cfg = sprites()
+    cfg.model.preset_overrides = {"architecture": "phantom"}
+    cfg.model.reference_size = cfg.data.ref_size = cfg.data.height
+    return cfg
+
+
+@register_recipe("sprites-latent-phantom")
+def sprites_latent_phantom() -> Config:
+    """The issue-15 peer in the latent world: the `sprites-latent` recipe (same DiT size, VAE,
+    data, loss, shift 3, schedule) with Phantom's conditioning. References are rendered at the
+    frame size and encoded by the same VAE, one latent frame each, as Phantom encodes its padded
+    references: 48 px -> 12 x 12 latents -> 6 x 6 tokens per reference, the video's frame size."""
+    cfg = sprites_latent()
     cfg.model.preset_overrides = {"architecture": "phantom"}
     cfg.model.reference_size = cfg.data.ref_size = cfg.data.height
     return cfg

@@ -4,6 +4,11 @@
   subjects in turn; case i is `make_example(seed, i, "heldout", ...)`, so the benchmark is a pure
   function of `--seed` and `--cases`; scored by the judge v2 and the audit judge (with the
   references' true attributes), beside the judge's figures on the ground-truth render.
+  With `--model` the casts are rendered at the generator's own size (frames, height, width and
+  reference size from its `model_index.json`, as `idcrafter eval heldout` does): every action is a
+  function of normalised time, so a 5-frame and a 9-frame render are the same scene, and no model
+  is asked for a length it never trained on. Scoring `--videos` (and `--inputs-only`) uses
+  `DEFAULT_WORLD`, 9 x 48 x 48 with 32 px references.
 - an OpenS2V-Eval JSON (`{key: {img_paths, prompt, class_label}}`): reference paths are relative
   to `images_root` (default: the JSON's folder, as in the OpenS2V-Eval download); `--cases N`
   takes a seeded sample of N keys, kept in file order.
@@ -12,7 +17,8 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,8 @@ import numpy as np
 from idcrafter.errors import InputError
 
 BUILTIN = ("sprites-heldout",)
+#: the SpriteWorld size of `sprites-heldout` when no generator sets it (`--videos`, `--inputs-only`)
+DEFAULT_WORLD = dict(frames=9, height=48, width=48, ref_size=32)
 
 
 @dataclass
@@ -64,7 +72,19 @@ class Benchmark:
     domain: str = "open"
     path: Path | None = None
     images_root: Path | None = None
-    world: dict[str, int] = field(default_factory=lambda: dict(frames=9, height=48, width=48, ref_size=32))
+    world: dict[str, int] | None = None  # sprites: None = the generator's own size, else DEFAULT_WORLD
+
+    @property
+    def world_size(self) -> dict[str, int]:
+        """The SpriteWorld size the cases are rendered at."""
+        return dict(self.world or DEFAULT_WORLD)
+
+    def for_model(self, model: str | Path) -> "Benchmark":
+        """This benchmark rendered at the generator's own size (`native_world`) unless a world was
+        given explicitly; OpenS2V benchmarks are returned unchanged."""
+        if self.kind != "sprites" or self.world is not None:
+            return self
+        return replace(self, world=native_world(model))
 
     def identity(self) -> dict[str, Any]:
         """What must match for a run folder to be resumed."""
@@ -72,7 +92,7 @@ class Benchmark:
         if self.path is not None:
             ident["sha256"] = hashlib.sha256(self.path.read_bytes()).hexdigest()
         if self.kind == "sprites":
-            ident["world"] = self.world
+            ident["world"] = self.world_size
         return ident
 
     def cases(self, n: int | None, seed: int) -> list[BenchCase]:
@@ -84,7 +104,7 @@ class Benchmark:
         from idcrafter.world.dataset import make_example
         from idcrafter.world.scene import MAX_SUBJECTS, WorldConfig
 
-        world = WorldConfig(**self.world)
+        world = WorldConfig(**self.world_size)
         out = []
         for i in range(n):
             ex = make_example(seed, i, "heldout", world, num_subjects=1 + i % MAX_SUBJECTS)
@@ -132,6 +152,22 @@ def export_inputs(cases: list[BenchCase], out: str | Path) -> Path:
         index[c.key] = {"img_paths": paths, "prompt": c.prompt, "class_label": ["Subject"] * len(paths),
                         "size": list(c.ground_truth.shape[:3]) if c.ground_truth is not None else None}
     return atomic_write_json(out / "benchmark.json", index, indent=1)
+
+
+def native_world(model: str | Path) -> dict[str, int]:
+    """The SpriteWorld size a pipeline folder generates by default: its `model_index.json`'s
+    `default_frames`, `default_height`, `default_width` and `reference_size`; `DEFAULT_WORLD`'s
+    value for any it does not name (another registered generator class)."""
+    index = Path(model) / "model_index.json"
+    try:
+        cfg = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return dict(DEFAULT_WORLD)  # not a pipeline folder: `load_generator` says so in one line
+    keys = {"frames": "default_frames", "height": "default_height", "width": "default_width",
+            "ref_size": "reference_size"}
+    world = {k: int(cfg.get(v, DEFAULT_WORLD[k])) for k, v in keys.items()}
+    world["ref_size"] = max(world["ref_size"], 16)  # WorldConfig's floor: references are resized anyway
+    return world
 
 
 def resolve_benchmark(spec: str, images_root: str | Path | None = None, domain: str | None = None,

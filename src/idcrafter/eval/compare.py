@@ -50,12 +50,19 @@ def compare_markdown(run_dirs: Sequence[str | Path], runs: Sequence[dict[str, An
                 worse = d > 0 if any(t in metric for t in LOWER_IS_BETTER) else d < 0
                 cells.append(f"{v:.4f} ({d:+.4f}{' worse' if worse and abs(d) > 1e-12 else ''})")
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-    benches = {json.dumps(r.get("benchmark"), sort_keys=True) for r in runs}
+    # a sprites world is each generator's own size (`Benchmark.for_model`): the same casts at another length
+    benches = {json.dumps({k: v for k, v in (r.get("benchmark") or {}).items() if k != "world"}, sort_keys=True)
+               for r in runs}
     ident = {json.dumps({k: v for k, v in (r.get("identity") or {}).items() if k in ("cases", "seed")},
                         sort_keys=True) for r in runs}
+    worlds = [(r.get("benchmark") or {}).get("world") for r in runs]
     notes = []
     if len(benches) > 1 or len(ident) > 1:
         notes.append("Warning: these runs were not made on the same benchmark cases; deltas compare different cases.")
+    elif len({json.dumps(w, sort_keys=True) for w in worlds}) > 1:
+        sizes = ", ".join(f"{n} {w['frames']}x{w['height']}x{w['width']} (refs {w['ref_size']} px)" if w else f"{n} ?"
+                          for n, w in zip(names, worlds))
+        notes.append(f"The same casts rendered at each model's own size: {sizes}.")
     for name, r in zip(names, runs):
         if r.get("cases_done") != r.get("cases_total"):
             notes.append(f"{name}: {r.get('cases_done')} of {r.get('cases_total')} cases scored.")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,10 +168,12 @@ def run(spec: RunSpec, progress: bool = True) -> dict[str, Any]:
         raise InputError("pass exactly one of --model DIR (generate the cases) or --videos DIR (score <key>.mp4 files)")
     if spec.videos is not None and not Path(spec.videos).is_dir():
         raise InputError(f"--videos {spec.videos} is not a folder of <key>.mp4 clips")
+    if spec.model is not None:  # sprites casts at the generator's own size (`Benchmark.for_model`)
+        spec = replace(spec, benchmark=spec.benchmark.for_model(spec.model))
     cases = spec.benchmark.cases(spec.cases, spec.seed)
     _check_out(spec, [c.key for c in cases])
     suite = spec.benchmark.suite(spec.config)
-    world = spec.benchmark.world if spec.benchmark.kind == "sprites" else None
+    world = spec.benchmark.world_size if spec.benchmark.kind == "sprites" else None
     size = (world["height"], world["width"]) if world else None
     records: dict[str, dict[str, Any]] = {}
     todo = []
