@@ -252,6 +252,27 @@ def test_sprites_suite_scores_with_judge_audit_and_truth(tmp_path):
 
 
 # ---------------------------------------------------------------------- compare and the CLI
+def test_paired_delta_by_hand_and_in_the_table(tmp_path):
+    from idcrafter.eval.compare import case_values, compare_markdown, paired_delta
+
+    # differences 0.1, 0.3, 0.2 (case d only in one run): mean 0.2, std 0.1, se 0.1 / sqrt(3)
+    got = paired_delta({"a": 0.5, "b": 0.4, "c": 0.1, "d": 9.0}, {"a": 0.6, "b": 0.7, "c": 0.3})
+    assert got[0] == pytest.approx(0.2) and got[1] == pytest.approx(0.1 / 3 ** 0.5) and got[2] == 3
+    assert paired_delta({"a": 1.0}, {"a": 2.0}) is None
+    run = {"cases": [{"key": "a", "status": "done", "metrics": {"m": 0.5}},
+                     {"key": "b", "status": "failed", "metrics": {"m": 0.1}},
+                     {"key": "c", "status": "done", "metrics": {"m": float("nan")}}]}
+    assert case_values(run, "m") == {"a": 0.5}
+
+    def result(vals):
+        return {"benchmark": {"name": "b"}, "identity": {"cases": 3, "seed": 0}, "cases_done": 3, "cases_total": 3,
+                "averages": {"judge/leakage": sum(vals) / 3},
+                "cases": [{"key": k, "status": "done", "metrics": {"judge/leakage": v}} for k, v in zip("abc", vals)]}
+
+    md = compare_markdown(["x", "y"], [result([0.5, 0.4, 0.1]), result([0.6, 0.7, 0.3])])
+    assert f"(+0.2000 ± {0.1 / 3 ** 0.5:.4f} worse)" in md and "standard error of the paired" in md
+
+
 def test_compare_table_with_deltas(tmp_path):
     from idcrafter.eval.compare import compare_markdown, load_results
 
