@@ -218,6 +218,11 @@ def test_sprites_casts_are_rendered_at_the_generators_own_size(tmp_path, monkeyp
                    reference_size=24).save_pretrained(folder)
     assert B.native_world(folder) == dict(frames=5, height=48, width=48, ref_size=24)
     assert B.native_world(tmp_path / "nothing") == B.DEFAULT_WORLD
+    wan = tmp_path / "wan"
+    wan.mkdir()
+    (wan / "model_index.json").write_text(json.dumps({"default_frames": 81, "default_height": 480,
+                                                      "default_width": 832, "reference_size": 512}))
+    assert B.native_world(wan) == dict(frames=81, height=48, width=48, ref_size=512)  # the judge reads square clips
     seen = []
 
     def truth_frames(frames, case):

@@ -157,7 +157,9 @@ def export_inputs(cases: list[BenchCase], out: str | Path) -> Path:
 def native_world(model: str | Path) -> dict[str, int]:
     """The SpriteWorld size a pipeline folder generates by default: its `model_index.json`'s
     `default_frames`, `default_height`, `default_width` and `reference_size`; `DEFAULT_WORLD`'s
-    value for any it does not name (another registered generator class)."""
+    value for any it does not name (another registered generator class). A non-square default
+    (a real Wan model's 480 x 832) keeps `DEFAULT_WORLD`'s 48 x 48: the judge reads square
+    SpriteWorld clips only."""
     index = Path(model) / "model_index.json"
     try:
         cfg = json.loads(index.read_text())
@@ -167,6 +169,9 @@ def native_world(model: str | Path) -> dict[str, int]:
             "ref_size": "reference_size"}
     world = {k: int(cfg.get(v, DEFAULT_WORLD[k])) for k, v in keys.items()}
     world["ref_size"] = max(world["ref_size"], 16)  # WorldConfig's floor: references are resized anyway
+    if world["height"] != world["width"] or world["height"] < 24:
+        world["height"], world["width"] = DEFAULT_WORLD["height"], DEFAULT_WORLD["width"]
+    world["frames"] = max(world["frames"], 2)
     return world
 
 
