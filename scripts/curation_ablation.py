@@ -9,8 +9,9 @@
 2. The generator is fine-tuned from `--init` on each set for the same `--steps` (same recipe,
    seed, batch; only `data.path` differs). Resumable: re-running continues both runs.
 3. Each run is exported (`idcrafter train export --no-eval`) and its export judged on the same
-   held-out casts as `--init` (`idcrafter eval heldout --model EXPORT --n N`): the script prints copy-paste, quality, identity (face_sim_mean / min, subject_sim) and total of
-   both arms and of `--init` itself, and writes them to `<out>/ablation.json`.
+   held-out casts as `--init` (`idcrafter eval heldout --model EXPORT --n N`): the script prints
+   copy-paste, quality, identity (face_sim_mean / min, subject_sim) and total of both arms and
+   of `--init` itself, and writes them to `<out>/ablation.json`.
 
 Every command is printed before it runs, so any step can be repeated by hand.
 """

@@ -46,9 +46,7 @@ def heldout_cases(pipe, cfg: HeldoutConfig) -> list:
 
     if cfg.n < 1 or not cfg.subjects:
         raise InputError("held-out evaluation needs n >= 1 and at least one cast size")
-    pc = pipe.config
-    world = WorldConfig(frames=pc.default_frames, height=pc.default_height, width=pc.default_width,
-                        ref_size=pc.reference_size)
+    world = WorldConfig.of_pipeline(pipe.config)
     return [make_example(cfg.seed, i, "heldout", world, num_subjects=cfg.subjects[i % len(cfg.subjects)])
             for i in range(cfg.n)]
 

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from idcrafter.errors import InputError
+from idcrafter.world.scene import WorldConfig
 
 BUILTIN = ("sprites-heldout",)
 #: the SpriteWorld size of `sprites-heldout` when no generator sets it (`--videos`, `--inputs-only`)
-DEFAULT_WORLD = dict(frames=9, height=48, width=48, ref_size=32)
+DEFAULT_WORLD = asdict(WorldConfig())  # 9 x 48 x 48, 32 px references
 
 
 @dataclass
@@ -102,7 +103,7 @@ class Benchmark:
 
     def _sprites(self, n: int, seed: int) -> list[BenchCase]:
         from idcrafter.world.dataset import make_example
-        from idcrafter.world.scene import MAX_SUBJECTS, WorldConfig
+        from idcrafter.world.scene import MAX_SUBJECTS
 
         world = WorldConfig(**self.world_size)
         out = []
@@ -155,24 +156,14 @@ def export_inputs(cases: list[BenchCase], out: str | Path) -> Path:
 
 
 def native_world(model: str | Path) -> dict[str, int]:
-    """The SpriteWorld size a pipeline folder generates by default: its `model_index.json`'s
-    `default_frames`, `default_height`, `default_width` and `reference_size`; `DEFAULT_WORLD`'s
-    value for any it does not name (another registered generator class). A non-square default
-    (a real Wan model's 480 x 832) keeps `DEFAULT_WORLD`'s 48 x 48: the judge reads square
-    SpriteWorld clips only."""
-    index = Path(model) / "model_index.json"
+    """The SpriteWorld size a pipeline folder generates by default (`WorldConfig.of_pipeline` on
+    its `model_index.json`, the size `idcrafter eval heldout` renders at); `DEFAULT_WORLD` for a
+    folder without one (`load_generator` then says so in one line)."""
     try:
-        cfg = json.loads(index.read_text())
+        cfg = json.loads((Path(model) / "model_index.json").read_text())
     except (OSError, ValueError):
-        return dict(DEFAULT_WORLD)  # not a pipeline folder: `load_generator` says so in one line
-    keys = {"frames": "default_frames", "height": "default_height", "width": "default_width",
-            "ref_size": "reference_size"}
-    world = {k: int(cfg.get(v, DEFAULT_WORLD[k])) for k, v in keys.items()}
-    world["ref_size"] = max(world["ref_size"], 16)  # WorldConfig's floor: references are resized anyway
-    if world["height"] != world["width"] or world["height"] < 24:
-        world["height"], world["width"] = DEFAULT_WORLD["height"], DEFAULT_WORLD["width"]
-    world["frames"] = max(world["frames"], 2)
-    return world
+        return dict(DEFAULT_WORLD)
+    return asdict(WorldConfig.of_pipeline(cfg))
 
 
 def resolve_benchmark(spec: str, images_root: str | Path | None = None, domain: str | None = None,
