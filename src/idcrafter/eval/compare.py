@@ -67,6 +67,7 @@ def compare_markdown(run_dirs: Sequence[str | Path], runs: Sequence[dict[str, An
     names = [Path(d).name for d in run_dirs]
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for metric, vals in compare_rows(runs):
+        base = case_values(runs[0], metric)
         cells = []
         for i, v in enumerate(vals):
             if v is None:
@@ -76,7 +77,7 @@ def compare_markdown(run_dirs: Sequence[str | Path], runs: Sequence[dict[str, An
             else:
                 d = v - vals[0]
                 worse = d > 0 if any(t in metric for t in LOWER_IS_BETTER) else d < 0
-                paired = paired_delta(case_values(runs[0], metric), case_values(runs[i], metric))
+                paired = paired_delta(base, case_values(runs[i], metric))
                 se = f" ± {paired[1]:.4f}" if paired is not None else ""
                 cells.append(f"{v:.4f} ({d:+.4f}{se}{' worse' if worse and abs(d) > 1e-12 else ''})")
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -37,14 +38,14 @@ class WorldConfig:
             raise ValueError("world needs frames >= 2, height/width >= 24 px and ref_size >= 16 px")
 
     @classmethod
-    def of_pipeline(cls, config) -> "WorldConfig":
+    def of_pipeline(cls, config: Mapping[str, Any]) -> "WorldConfig":
         """The world a generator pipeline renders by default, from its config (a loaded pipeline's
         `.config` or its `model_index.json`): `default_frames`, `default_height`, `default_width`,
         `reference_size`, the class defaults for any it lacks. A non-square size (a real Wan's
         480 x 832) keeps the default 48 x 48, as the judge reads square clips only; sizes below
         the world's floors are raised to them (references are resized by the pipeline anyway)."""
         base = cls()
-        get = config.get if hasattr(config, "get") else lambda k, d: getattr(config, k, d)
+        get = config.get  # a diffusers FrozenDict or the parsed JSON
         frames = max(int(get("default_frames", base.frames)), 2)
         h, w = int(get("default_height", base.height)), int(get("default_width", base.width))
         if h != w or h < 24:
