@@ -27,7 +27,7 @@ def tiny_pipe(attention: str = "self"):
     p = build_pipeline("debug", WanVAECodec.tiny(), TextEncoder.tiny(32, max_length=64), VLMGrounder.tiny(64),
                        text_mode="t5+vlm", reference_size=16, subject_attention=attention)
     with torch.no_grad():  # a trained-looking branch, so the subject path matters
-        for blk in p.transformer.blocks:
+        for blk in p.transformer.blocks if attention != "joint" else ():  # "joint" has no gate
             blk.subject_branch.gate.normal_(0, 0.5)
     p.set_progress_bar_config(disable=True)
     return p
@@ -97,7 +97,7 @@ def test_model_cpu_offload_gives_the_same_video():
     assert np.array_equal(run(p), base)
 
 
-@pytest.mark.parametrize("attention", ["self", "cross", "layered"])
+@pytest.mark.parametrize("attention", ["self", "cross", "layered", "joint"])
 def test_sequential_offload_hooks_give_the_same_video(attention):
     """diffusers' sequential offload = accelerate's `cpu_offload` on every component: weights on
     the meta device, loaded per module for its forward. The pipeline reads weights outside

@@ -134,7 +134,7 @@ def test_intra_stage_of_a_is_unchanged_when_b_changes_but_inter_stage_mixes():
     assert not torch.allclose(f1[:, :n], f2[:, :n])  # inter-subject stage lets A see B
 
 
-@pytest.mark.parametrize("attention", ["self", "layered", "cross"])
+@pytest.mark.parametrize("attention", ["self", "layered", "joint", "cross"])
 def test_gradients_reach_every_new_parameter(attention):
     model = IDCrafterTransformer3DModel(**preset("debug", text_mode="t5+vlm", vlm_dim=24, subject_attention=attention))
     perturb_new(model)
@@ -246,3 +246,71 @@ def test_layered_subject_states_ignore_the_video_and_rows_without_subjects():
         assert (out[0] - model(x, t, txt).sample[0]).abs().max() > 1e-3  # subjects matter
         again = model.build_condition_cache(txt, refs, mask)  # deterministic: one cache serves every step
         assert all(torch.equal(a[0], b[0]) for a, b in zip(cache.subject_kv, again.subject_kv))
+
+
+def test_joint_attention_is_one_softmax_over_video_and_rotated_subject_keys():
+    """"joint" by hand: block 0's self-attention equals softmax over [video keys (RoPE at their
+    positions); subject keys (RoPE at frame -(k+1), their grid cell)], and rows without subjects
+    get plain self-attention."""
+    from idcrafter.models.attention import apply_rope
+
+    model = IDCrafterTransformer3DModel(**preset("debug", subject_attention="joint")).eval()
+    x, t, txt, refs = inputs(k=2)
+    mask = torch.tensor([[1, 0], [0, 0]], dtype=torch.bool)  # row 0: one reference; row 1: none
+    with torch.no_grad():
+        cache = model.build_condition_cache(txt, refs, mask)
+        assert torch.equal(model(x, t, condition_cache=cache).sample,
+                           model(x, t, txt, subject_latents=refs, subject_mask=mask).sample)
+        blk, a = model.blocks[0], model.blocks[0].attn1
+        hid = torch.randn(2, 3 * 4 * 4, 24)  # (B, L, C) block input
+        cos, sin = model.rope(x)
+        got = blk.self_attention(hid, (cos, sin), cache.subject_kv[0])
+        q = apply_rope(a.norm_q(a.to_q(hid)).unflatten(2, (2, -1)), cos, sin)
+        k = apply_rope(a.norm_k(a.to_k(hid)).unflatten(2, (2, -1)), cos, sin)
+        v = a.to_v(hid).unflatten(2, (2, -1))
+        s = model.subject_tokens(refs[:1], mask[:1], *model._grounding(model.text_context(txt[:1], None),
+                                                                     None, None, None, None, None))[0]
+        ks = a.norm_k(a.to_k(s)).unflatten(2, (2, -1))  # (1, 2*16, H, D): reference 0 then the absent 1
+        f = model.rope.freqs_cos.shape[1]
+        pos = [(-(kk + 1), i, j) for kk in range(2) for i in range(4) for j in range(4)]
+        angle = lambda p, d0, d1, r: p * r.freqs_cos.new_tensor(  # noqa: E731 - the table's angle by hand
+            [1.0 / 10000 ** (2 * (m // 2) / (d1 - d0)) for m in range(d1 - d0)])
+        r = model.rope
+        ang = torch.stack([torch.cat([angle(pt, 0, r.t_dim, r), angle(ph, 0, r.h_dim, r), angle(pw, 0, r.w_dim, r)])
+                           for pt, ph, pw in pos])  # (32, D)
+        assert ang.shape[1] == f
+        ks = apply_rope(ks, ang.cos()[None, :, None], ang.sin()[None, :, None])
+        vs = a.to_v(s).unflatten(2, (2, -1))
+        outs = []
+        for row in range(2):
+            kk, vv = k[row], v[row]  # (L, H, D)
+            if row == 0:  # only reference 0's 16 tokens are valid keys
+                kk, vv = torch.cat([kk, ks[0, :16]]), torch.cat([vv, vs[0, :16]])
+            w = torch.einsum("lhd,mhd->hlm", q[row], kk) / q.shape[-1] ** 0.5
+            outs.append(torch.einsum("hlm,mhd->lhd", w.softmax(-1), vv).flatten(1))
+        want = a.to_out[0](torch.stack(outs))
+        assert torch.allclose(got, want, atol=1e-5)
+        # row 1 (no subjects) is plain Wan self-attention; row 0 reads its reference
+        plain = blk.self_attention(hid, (cos, sin), None)
+        assert torch.allclose(got[1], plain[1], atol=1e-6) and (got[0] - plain[0]).abs().max() > 1e-3
+
+
+def test_joint_subject_positions_for_latent_grids_feature_tokens_and_text():
+    """`subject_rope`: reference k at temporal position -(k+1); latent tokens on their grid,
+    vision-feature tokens (no grid) at spatial 0; grounded text tokens unrotated."""
+    model = IDCrafterTransformer3DModel(**preset("debug", subject_attention="joint"))
+    r = model.rope
+    cos, sin = model.subject_rope(torch.zeros(1, 2, 4, 1, 4, 6), context_length=2 * 2 * 3 + 5)  # 2 x 3 grid
+    assert cos.shape == (1, 17, 1, r.freqs_cos.shape[1])
+    t = slice(0, r.t_dim)
+    hw = slice(r.t_dim, None)
+    # token 7 = reference 1, row 0, column 1: time -2, h 0, w 1
+    assert torch.allclose(cos[0, 7, 0, t], r.freqs_cos[2, t]) and torch.allclose(sin[0, 7, 0, t], -r.freqs_sin[2, t])
+    w_part = slice(r.t_dim + r.h_dim, None)
+    assert torch.allclose(sin[0, 7, 0, w_part], r.freqs_sin[1, w_part])
+    assert torch.equal(cos[0, 12:], torch.ones_like(cos[0, 12:])) and torch.equal(sin[0, 12:], torch.zeros_like(sin[0, 12:]))
+    feat_cos, feat_sin = model.subject_rope(torch.zeros(1, 3, 5, 16), context_length=15)  # (B, K, L, D) features
+    assert torch.equal(feat_sin[0, :, 0, hw], torch.zeros_like(feat_sin[0, :, 0, hw]))  # no grid: spatial 0
+    assert torch.allclose(feat_sin[0, 10, 0, t], -r.freqs_sin[3, t])  # reference 2: time -3
+    with pytest.raises(InputError, match="rope_max_seq_len"):
+        model.subject_rope(torch.zeros(1, 2, 4, 1, 80, 2), context_length=2 * 40)

@@ -23,6 +23,16 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).flatten(2)
 
 
+def apply_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Wan's rotary embedding (diffusers' `WanAttnProcessor`, same maths): x (B, L, H, D)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
     """SDPA where `key_mask` (B, Lk) bool marks valid keys. Each row must have a valid key."""
     mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, Lk)
@@ -73,7 +83,7 @@ class SubjectLayer(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
-SUBJECT_ATTENTION = ("self", "layered", "cross")
+SUBJECT_ATTENTION = ("self", "layered", "joint", "cross")
 
 
 class SubjectBranch(nn.Module):
@@ -92,6 +102,12 @@ class SubjectBranch(nn.Module):
       (at timestep 0, attending only to subject and text tokens, never to the video), and the
       video reads each block's own subject states, so they stay in that block's space, as
       Phantom's reference frames do; still independent of the video, hence cacheable.
+    - "joint": the self-attention's projections as in "self", but the subject keys join the
+      video's keys in *one* softmax (Phantom's reading: references compete with video tokens for
+      each query) and carry RoPE positions as frames before the clip (see
+      `IDCrafterTransformer3DModel.subject_rope`). Still static, hence cacheable. There is no gate
+      and no sink (the video keys are always there), so with references present the model is not
+      Wan at init: a variant for training from scratch.
     - "cross": the text cross-attention, IP-Adapter style: its query, and key/value projections
       of the branch's own (`from_wan` starts them as copies of the cross-attention's).
     A learned *sink* key with a zero value lets a query attend to nothing, so samples without
@@ -108,25 +124,34 @@ class SubjectBranch(nn.Module):
             self.to_v = nn.Linear(dim, dim)
             self.norm_k = nn.RMSNorm(dim, eps=eps)
         self.gate_init = float(gate_init)
-        self.sink_k = nn.Parameter(torch.zeros(1, heads, 1, dim // heads))
-        self.gate = nn.Parameter(torch.full((dim,), self.gate_init))
+        if source != "joint":  # one softmax with the video's keys needs neither
+            self.sink_k = nn.Parameter(torch.zeros(1, heads, 1, dim // heads))
+            self.gate = nn.Parameter(torch.full((dim,), self.gate_init))
 
     def reset_parameters(self) -> None:
         """The initial sink key (zeros) and gate (`gate_init`): what `from_wan` calls after
         building on the meta device (the branch's own projections reset themselves)."""
+        if self.source == "joint":
+            return
         with torch.no_grad():
             self.sink_k.zero_()
             self.gate.fill_(self.gate_init)
 
     def project(self, context: torch.Tensor, mask: torch.Tensor | None, attn: nn.Module | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Keys/values of the static context (cacheable): (B, H, 1+Lc, D) x2 and mask (B, 1+Lc)
         (None when every key is valid: SDPA then runs without a mask). `attn` is the block's
-        self-attention when the branch reads through its projections."""
+        self-attention when the branch reads through its projections. "joint" has no sink
+        (keys (B, H, Lc, D)) and rotates its keys by `rope` = (cos, sin), each (1, Lc, 1, D)."""
         proj = self if self.source == "cross" else attn
-        k = split_heads(proj.norm_k(proj.to_k(context)), self.heads)
+        k = proj.norm_k(proj.to_k(context))  # (B, Lc, C)
         v = split_heads(proj.to_v(context), self.heads)
-        return self.with_sink(k, v, mask)
+        if self.source == "joint":
+            k = k.unflatten(2, (self.heads, -1))  # (B, Lc, H, D)
+            k = (k if rope is None else apply_rope(k, *rope)).transpose(1, 2)
+            return k, v, mask
+        return self.with_sink(split_heads(k, self.heads), v, mask)
 
     def with_sink(self, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
         """Prepend the sink key (zero value) to keys/values (B, H, L, D) and the key mask (B, L)."""

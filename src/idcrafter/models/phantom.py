@@ -40,8 +40,8 @@ from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 from torch import nn
 
 from idcrafter.errors import InputError
-from idcrafter.models.attention import merge_heads
-from idcrafter.models.transformer import ConditionCache, IDCrafterBlock, IDCrafterTransformer3DModel, apply_rope
+from idcrafter.models.attention import apply_rope, merge_heads
+from idcrafter.models.transformer import ConditionCache, IDCrafterBlock, IDCrafterTransformer3DModel
 
 
 @dataclass

@@ -48,7 +48,7 @@ from diffusers.models.transformers.transformer_wan import (
 from torch import nn
 
 from idcrafter.errors import InputError
-from idcrafter.models.attention import SubjectBranch, masked_attention, merge_heads, split_heads
+from idcrafter.models.attention import SubjectBranch, apply_rope, masked_attention, merge_heads, split_heads
 from idcrafter.models.subject_stream import SubjectEmbedding, build_subject_stream
 from idcrafter.utils.hooks import weights_on_device
 
@@ -115,16 +115,7 @@ class DeferredKV:
     context: torch.Tensor  # (B, L, C)
     mask_or_bias: torch.Tensor | None  # text: additive key bias; subjects: key mask (R, L)
     rows: torch.Tensor | None = None  # subjects: the rows that have subjects (None = all)
-
-
-def apply_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    """Wan's rotary embedding (diffusers' `WanAttnProcessor`, same maths): x (B, L, H, D)."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(x)
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # subjects, "joint": keys' (cos, sin)
 
 
 class IDCrafterBlock(WanTransformerBlock):
@@ -135,9 +126,10 @@ class IDCrafterBlock(WanTransformerBlock):
         super().__init__(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps, None)
         self.subject_branch = SubjectBranch(dim, num_heads, eps, subject_attention, subject_gate_init)
 
-    def subject_kv(self, context: torch.Tensor, mask: torch.Tensor | None):
+    def subject_kv(self, context: torch.Tensor, mask: torch.Tensor | None,
+                   rope: tuple[torch.Tensor, torch.Tensor] | None = None):
         """The branch's cached keys/values of the static subject context (see `ConditionCache`)."""
-        return self.subject_branch.project(context, mask, self.attn1)
+        return self.subject_branch.project(context, mask, self.attn1, rope)
 
     def subject_layer(self, s: torch.Tensor, mask: torch.Tensor | None, temb0: torch.Tensor, text_kv: TextKV):
         """Carry subject tokens s (R, Ls, C) through this block at timestep 0 ("layered"): they
@@ -171,6 +163,25 @@ class IDCrafterBlock(WanTransformerBlock):
             return out + self.subject_branch(q, subject_kv).type_as(out)
         return out.index_add(0, rows, self.subject_branch(q[rows], subject_kv).type_as(out))
 
+    @staticmethod
+    def _joint_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, subject_kv) -> torch.Tensor:
+        """One softmax over [video keys; subject keys] ("joint"): q, k, v (B, H, L, D) of the video
+        (rotated), subject keys/values (R, H, Ls, D) for the rows `rows` (None = all) with key
+        mask (R, Ls) or None. Rows without subjects have every subject key masked out, so they
+        get exactly Wan's self-attention."""
+        ks, vs, mask, rows = subject_kv
+        b, _, l, _ = k.shape
+        ks, vs = ks.to(k.dtype), vs.to(v.dtype)
+        valid = mask
+        if rows is not None:
+            ks = k.new_zeros(b, *ks.shape[1:]).index_copy(0, rows, ks)
+            vs = v.new_zeros(b, *vs.shape[1:]).index_copy(0, rows, vs)
+            valid = torch.zeros(b, ks.shape[2], dtype=torch.bool, device=k.device)
+            valid[rows] = True if mask is None else mask.to(k.device)
+        key_mask = None if valid is None else \
+            torch.cat([valid.new_ones(b, l), valid.to(k.device)], 1)[:, None, None, :]  # (B, 1, 1, L + Ls)
+        return F.scaled_dot_product_attention(q, torch.cat([k, ks], 2), torch.cat([v, vs], 2), attn_mask=key_mask)
+
     def self_attention(self, x: torch.Tensor, rotary_emb, subject_kv) -> torch.Tensor:
         """Wan's self-attention (`WanAttnProcessor` maths) on x (B, L, C), plus the branch when it
         reads through the self-attention."""
@@ -179,8 +190,10 @@ class IDCrafterBlock(WanTransformerBlock):
         k = a.norm_k(a.to_k(x)).unflatten(2, (a.heads, -1))
         v = a.to_v(x).unflatten(2, (a.heads, -1))
         qr, kr = apply_rope(q, *rotary_emb), apply_rope(k, *rotary_emb)
-        out = merge_heads(F.scaled_dot_product_attention(qr.transpose(1, 2), kr.transpose(1, 2), v.transpose(1, 2)))
-        out = out.type_as(q)
+        qr, kr, v = qr.transpose(1, 2), kr.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, D)
+        if subject_kv is not None and self.subject_branch.source == "joint":
+            return a.to_out[1](a.to_out[0](merge_heads(self._joint_attention(qr, kr, v, subject_kv)).type_as(q)))
+        out = merge_heads(F.scaled_dot_product_attention(qr, kr, v)).type_as(q)
         if subject_kv is not None and self.subject_branch.source != "cross":
             out = self._branch(out, q.transpose(1, 2), subject_kv)  # content queries, before RoPE
         return a.to_out[1](a.to_out[0](out))
@@ -196,7 +209,8 @@ class IDCrafterBlock(WanTransformerBlock):
         if isinstance(text_kv, DeferredKV):  # project the static context here (see DeferredKV)
             text_kv = self.text_kv(text_kv.context, text_kv.mask_or_bias)
         if isinstance(subject_kv, DeferredKV):
-            subject_kv = (*self.subject_kv(subject_kv.context, subject_kv.mask_or_bias), subject_kv.rows)
+            subject_kv = (*self.subject_kv(subject_kv.context, subject_kv.mask_or_bias, subject_kv.rope),
+                          subject_kv.rows)
         table = self.scale_shift_table if temb.ndim == 3 else self.scale_shift_table.unsqueeze(0)
         mods = (table + temb.float()).chunk(6, dim=temb.ndim - 2)
         if temb.ndim == 4:
@@ -365,13 +379,45 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 if self.config.text_mode != "t5" or self.subject_stream.joins_text_context:
                     ctx, ctx_mask = torch.cat([s, g.to(s.dtype)], 1), torch.cat([sm, gm], 1)
                 mask = None if ctx_mask.all() else ctx_mask
+                rope = self.subject_rope(subject_latents, ctx.shape[1]) if self.config.subject_attention == "joint" \
+                    else None
                 if self.config.subject_attention == "layered":
                     subject_kv = self._layered_subject_kv(ctx, mask, rows, text_kv)
                 elif defer:
-                    subject_kv = [DeferredKV(ctx, mask, rows)] * len(self.blocks)
+                    subject_kv = [DeferredKV(ctx, mask, rows, rope)] * len(self.blocks)
                 else:
-                    subject_kv = [(*blk.subject_kv(ctx, mask), rows) for blk in self.blocks]
+                    subject_kv = [(*blk.subject_kv(ctx, mask, rope), rows) for blk in self.blocks]
         return ConditionCache(text_kv, subject_kv, context.shape[0], context.dtype)
+
+    def subject_rope(self, subject_latents: torch.Tensor, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE (cos, sin), each (1, Lc, 1, D), of the "joint" subject context: reference k sits at
+        temporal position -(k + 1), a frame before the clip (RoPE sees only offsets, so this is
+        Phantom's "extra frames" without depending on the clip's length, hence cacheable), its
+        tokens at their (row, column) in the reference's token grid. Tokens past the K references
+        (grounded text) and vision-feature references (no grid) get spatial position 0, the
+        text no rotation at all."""
+        k = subject_latents.shape[1]
+        if subject_latents.ndim == 6:  # (B, K, C, 1, h, w) latents: the patch grid
+            _, p_h, p_w = self.config.patch_size
+            gh, gw = subject_latents.shape[4] // p_h, subject_latents.shape[5] // p_w
+        else:  # (B, K, L, D) features: L tokens without a grid
+            gh, gw = 1, subject_latents.shape[2]
+        r = self.rope
+        if k + 1 > r.max_seq_len or max(gh, gw) > r.max_seq_len:
+            raise InputError(f"{k} references of {gh} x {gw} tokens exceed the model's rope_max_seq_len {r.max_seq_len}")
+        cos_t, cos_h, cos_w = r.freqs_cos.split([r.t_dim, r.h_dim, r.w_dim], dim=1)
+        sin_t, sin_h, sin_w = r.freqs_sin.split([r.t_dim, r.h_dim, r.w_dim], dim=1)
+        t = torch.arange(1, k + 1, device=cos_t.device).repeat_interleave(gh * gw)  # |temporal position|
+        hh = torch.arange(gh, device=cos_t.device).repeat_interleave(gw).repeat(k)
+        ww = torch.arange(gw, device=cos_t.device).repeat(k * gh)
+        if subject_latents.ndim != 6:
+            hh, ww = torch.zeros_like(hh), torch.zeros_like(ww)
+        cos = torch.cat([cos_t[t], cos_h[hh], cos_w[ww]], 1)  # (K*L, D); cos(-x) = cos(x)
+        sin = torch.cat([-sin_t[t], sin_h[hh], sin_w[ww]], 1)  # sin(-x) = -sin(x)
+        extra = context_length - cos.shape[0]  # grounded text tokens: identity rotation
+        cos = torch.cat([cos, cos.new_ones(extra, cos.shape[1])])
+        sin = torch.cat([sin, sin.new_zeros(extra, sin.shape[1])])
+        return cos[None, :, None], sin[None, :, None]
 
     def _grounding(self, context: torch.Tensor, bias: torch.Tensor | None, kept: int | None,
                    encoder_attention_mask: torch.Tensor | None, grounded_hidden_states: torch.Tensor | None,
