@@ -92,7 +92,8 @@ class ConditionCache:
         None when every key is valid, and the indices (R,) of the rows that have subjects (None
         = all rows); None when no row has subjects (then the branch is skipped: pure Wan). Rows
         without subjects (guidance's unconditional branch) get exactly zero from the branch, so
-        it is computed for the R rows with subjects only.
+        it is computed for the R rows with subjects only. "joint" has no sink (Ls keys, rotated)
+        and its rows without subjects get plain self-attention.
     dtype: the dtype of the projected text context (Wan casts the time embedding to it).
     """
 
@@ -396,22 +397,21 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         tokens at their (row, column) in the reference's token grid. Tokens past the K references
         (grounded text) and vision-feature references (no grid) get spatial position 0, the
         text no rotation at all."""
-        k = subject_latents.shape[1]
-        if subject_latents.ndim == 6:  # (B, K, C, 1, h, w) latents: the patch grid
+        k, r = subject_latents.shape[1], self.rope
+        dev = r.freqs_cos.device
+        if subject_latents.ndim == 6:  # (B, K, C, 1, h, w) latents: the patch grid, row-major
             _, p_h, p_w = self.config.patch_size
             gh, gw = subject_latents.shape[4] // p_h, subject_latents.shape[5] // p_w
-        else:  # (B, K, L, D) features: L tokens without a grid
-            gh, gw = 1, subject_latents.shape[2]
-        r = self.rope
+            hh = torch.arange(gh, device=dev).repeat_interleave(gw).repeat(k)
+            ww = torch.arange(gw, device=dev).repeat(k * gh)
+        else:  # (B, K, L, D) features: L tokens without a grid, all at (0, 0)
+            gh, gw = 1, 1
+            hh = ww = torch.zeros(k * subject_latents.shape[2], dtype=torch.long, device=dev)
         if k + 1 > r.max_seq_len or max(gh, gw) > r.max_seq_len:
             raise InputError(f"{k} references of {gh} x {gw} tokens exceed the model's rope_max_seq_len {r.max_seq_len}")
+        t = torch.arange(1, k + 1, device=dev).repeat_interleave(hh.numel() // k)  # |temporal position|
         cos_t, cos_h, cos_w = r.freqs_cos.split([r.t_dim, r.h_dim, r.w_dim], dim=1)
         sin_t, sin_h, sin_w = r.freqs_sin.split([r.t_dim, r.h_dim, r.w_dim], dim=1)
-        t = torch.arange(1, k + 1, device=cos_t.device).repeat_interleave(gh * gw)  # |temporal position|
-        hh = torch.arange(gh, device=cos_t.device).repeat_interleave(gw).repeat(k)
-        ww = torch.arange(gw, device=cos_t.device).repeat(k * gh)
-        if subject_latents.ndim != 6:
-            hh, ww = torch.zeros_like(hh), torch.zeros_like(ww)
         cos = torch.cat([cos_t[t], cos_h[hh], cos_w[ww]], 1)  # (K*L, D); cos(-x) = cos(x)
         sin = torch.cat([-sin_t[t], sin_h[hh], sin_w[ww]], 1)  # sin(-x) = -sin(x)
         extra = context_length - cos.shape[0]  # grounded text tokens: identity rotation
