@@ -93,7 +93,8 @@ class ConditionCache:
         = all rows); None when no row has subjects (then the branch is skipped: pure Wan). Rows
         without subjects (guidance's unconditional branch) get exactly zero from the branch, so
         it is computed for the R rows with subjects only. "joint" has no sink (Ls keys, rotated)
-        and its rows without subjects get plain self-attention.
+        and is cached spread over the whole batch (`joint_rows_to_batch`: rows None, a row
+        without subjects has every subject key masked, so it gets plain self-attention).
     dtype: the dtype of the projected text context (Wan casts the time embedding to it).
     """
 
@@ -117,6 +118,19 @@ class DeferredKV:
     mask_or_bias: torch.Tensor | None  # text: additive key bias; subjects: key mask (R, L)
     rows: torch.Tensor | None = None  # subjects: the rows that have subjects (None = all)
     rope: tuple[torch.Tensor, torch.Tensor] | None = None  # subjects, "joint": keys' (cos, sin)
+
+
+def joint_rows_to_batch(subject_kv, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """"joint" subject keys/values of the R rows `rows` ((R, H, Ls, D) each, key mask (R, Ls) or
+    None) spread over the whole batch of `batch` rows: zeros and an all-False mask where a row
+    has no subjects. With rows None (every row has subjects) they are returned as they are."""
+    ks, vs, mask, rows = subject_kv
+    if rows is None:
+        return ks, vs, mask
+    valid = torch.zeros(batch, ks.shape[2], dtype=torch.bool, device=ks.device)
+    valid[rows] = True if mask is None else mask.to(ks.device)
+    return (ks.new_zeros(batch, *ks.shape[1:]).index_copy(0, rows, ks),
+            vs.new_zeros(batch, *vs.shape[1:]).index_copy(0, rows, vs), valid)
 
 
 class IDCrafterBlock(WanTransformerBlock):
@@ -170,15 +184,9 @@ class IDCrafterBlock(WanTransformerBlock):
         (rotated), subject keys/values (R, H, Ls, D) for the rows `rows` (None = all) with key
         mask (R, Ls) or None. Rows without subjects have every subject key masked out, so they
         get exactly Wan's self-attention."""
-        ks, vs, mask, rows = subject_kv
         b, _, l, _ = k.shape
+        ks, vs, valid = joint_rows_to_batch(subject_kv, b)
         ks, vs = ks.to(k.dtype), vs.to(v.dtype)
-        valid = mask
-        if rows is not None:
-            ks = k.new_zeros(b, *ks.shape[1:]).index_copy(0, rows, ks)
-            vs = v.new_zeros(b, *vs.shape[1:]).index_copy(0, rows, vs)
-            valid = torch.zeros(b, ks.shape[2], dtype=torch.bool, device=k.device)
-            valid[rows] = True if mask is None else mask.to(k.device)
         key_mask = None if valid is None else \
             torch.cat([valid.new_ones(b, l), valid.to(k.device)], 1)[:, None, None, :]  # (B, 1, 1, L + Ls)
         return F.scaled_dot_product_attention(q, torch.cat([k, ks], 2), torch.cat([v, vs], 2), attn_mask=key_mask)
@@ -388,6 +396,9 @@ class IDCrafterTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                     subject_kv = [DeferredKV(ctx, mask, rows, rope)] * len(self.blocks)
                 else:
                     subject_kv = [(*blk.subject_kv(ctx, mask, rope), rows) for blk in self.blocks]
+                    if self.config.subject_attention == "joint":  # spread over the batch once, not every step
+                        b = context.shape[0]
+                        subject_kv = [(*joint_rows_to_batch(kv, b), None) for kv in subject_kv]
         return ConditionCache(text_kv, subject_kv, context.shape[0], context.dtype)
 
     def subject_rope(self, subject_latents: torch.Tensor, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
