@@ -114,6 +114,19 @@ def test_delete_finished_collects_it_then_410(fake):
     assert info.value.status == 404
 
 
+def test_shutdown_after_a_finished_job_was_collected_before_its_worker_let_go(fake):
+    """The race CI can hit: a job finishes, the client deletes it, and shutdown runs before the
+    worker thread clears `running`. Shutdown must not look the collected job up."""
+    slot, mgr = fake
+    slot.release.set()
+    job = mgr.submit(request(slot))
+    assert mgr.wait(job.id, 5)["status"] == "done"
+    mgr.cancel(job.id)
+    worker = next(iter(mgr._workers.values()))
+    worker.running = job.id  # as if the worker had not yet reacquired the lock
+    assert mgr.shutdown(timeout=5) == []
+
+
 def test_failed_job_reports_error_and_worker_survives(fake):
     slot, mgr = fake
     slot.fail_with = RuntimeError("boom")

@@ -323,8 +323,10 @@ class JobManager:
                     job = self._jobs[w.queue.popleft()]
                     self._finish(job, FAILED, "the server stopped before this job ran: submit it again")
                     failed.append(job.id)
-                if w.running is not None:
-                    job = self._jobs[w.running]
+                # a worker clears `running` only after its job has finished, and a finished job may
+                # already be collected (DELETE, the janitor): only a job still running is cancelled
+                job = self._jobs.get(w.running) if w.running is not None else None
+                if job is not None and job.status == RUNNING:
                     job._cancel_reason = "the server stopped during generation: submit the job again"
                     job._cancel.set()
                     failed.append(job.id)
