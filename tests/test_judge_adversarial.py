@@ -26,10 +26,56 @@ def test_every_attack_keeps_the_clip_shape_and_varies_with_its_seed():
         a = attack_videos(ex, 1, [kind])[kind][0]
         b = attack_videos(ex, 2, [kind])[kind][0]
         assert a.shape == ex.clip.frames.shape and a.dtype == np.uint8, kind
-        if kind not in ("background", "blobs"):  # the two that draw nothing at random but the texture
+        if kind not in ("background", "blobs", "reversed", "mirrored"):  # nothing drawn at random but texture
             assert not np.array_equal(a, b), kind
     perm = A.swap_permutation(ex, np.random.default_rng(0))
     assert sorted(perm) == [0, 1, 2] and perm != [0, 1, 2]
+
+
+def test_time_and_mirror_attacks_contradict_only_directional_captions():
+    def ex(actions):
+        return make_example(12, 0, "heldout", num_subjects=len(actions), actions=actions)
+
+    walks, still = ex(["walk_left", "jump", "stay"]), ex(["jump", "wave"])
+    assert A.contradicts_caption("reversed", walks) and A.contradicts_caption("mirrored", walks)
+    assert not A.contradicts_caption("reversed", still) and not A.contradicts_caption("mirrored", still)
+    assert np.array_equal(A.reversed_time(walks, None)[0], walks.clip.frames[-1])
+    assert np.array_equal(A.mirrored(walks, None)[:, :, 0], walks.clip.frames[:, :, -1])
+    assert A.contradicts_caption("drop_one", still) and A.contradicts_caption("duplicate", still)
+
+
+def test_adversarial_targets_by_hand():
+    from idcrafter.judge.adversarial import adversarial_targets
+
+    def t(kind, total, gt=0.95):
+        return adversarial_targets({"ground_truth": {"total": gt, "n": 1}, kind: {"total": total, "n": 1}}, [])
+    assert t("blobs", 0.64)["blobs_total"] and not t("blobs", 0.66)["blobs_total"]  # the cap
+    assert not t("blobs", 0.64, gt=0.83)["blobs_total"]  # 0.2 below ground truth
+    assert t("swap", 0.64, gt=0.80)["swap_total"] and not t("swap", 0.66)["swap_total"]  # 0.15, capped
+    assert t("reversed", 0.70)["reversed_total"] and not t("reversed", 0.81)["reversed_total"]  # 0.15, no cap
+    assert not t("blobs", 0.1, gt=0.87)["gt_total"]
+
+
+def test_attack_streams_are_keyed_once_and_for_all():
+    """Adding a kind must not change another kind's videos (their README figures)."""
+    assert set(A.KIND_KEYS) == set(A.ATTACKS) and len(set(A.KIND_KEYS.values())) == len(A.KIND_KEYS)
+    assert A.KIND_KEYS["background"] == 0 and A.KIND_KEYS["swap"] == 13 and A.KIND_KEYS["wrong_cast"] == 14
+
+
+def test_drop_one_leaves_one_subject_out_and_duplicate_draws_one_twice():
+    from idcrafter.world.scene import render_clip
+
+    ex = make_example(13, 0, "heldout", num_subjects=3, actions=["approach", "approach", "stay"])
+    pair = ex.spec.interaction
+    assert pair is not None and 2 not in pair
+    spec = A.without_subject(ex.spec, 2)
+    assert spec.subjects == ex.spec.subjects[:2] and spec.interaction == pair
+    first = A.without_subject(ex.spec, pair[0])
+    assert len(first.subjects) == 2 and first.interaction is None  # half a pair is no pair
+    clip = render_clip(spec, np.random.default_rng(0))
+    assert set(np.unique(clip.masks)) == {0, 1, 2}
+    twice = A.duplicate(ex, np.random.default_rng(0))
+    assert twice.shape == ex.clip.frames.shape and not np.array_equal(twice, ex.clip.frames)
 
 
 def test_ground_truth_beats_every_contradicting_attack_on_every_cast(judge):

@@ -180,7 +180,37 @@ def test_solo_and_pair_geometry():
     assert C.pair_geometry("swap", left, right, 48) == 0.0  # they meet but never cross
 
 
+def test_solo_contradiction_by_hand():
+    h = np.full(9, 24.0)
+    sc = C.solo_contradiction
+    still = np.stack([20 + np.array([0, 1, 0, -1, 0, 1, 0, -1, 0.0]), np.full(9, 40.0)], 1)  # 1 px jitter
+    assert all(sc(a, still, still, h, 48) == 0.0 for a in ("wave", "stay", "jump", "walk_left"))
+    walk = np.stack([np.linspace(10, 26, 9), np.full(9, 40.0)], 1)  # 16 / 48 = 0.33 of the width, right
+    assert [sc(a, walk, walk, h, 48) for a in ("wave", "stay", "jump", "walk_left", "walk_right")] \
+        == [1.0, 1.0, 1.0, 1.0, 0.0]
+    short = np.stack([np.linspace(10, 18, 9), np.full(9, 40.0)], 1)  # 8 / 48 = 0.167: (0.167 - 0.12) / 0.08
+    assert sc("wave", short, short, h, 48) == pytest.approx((8 / 48 - 0.12) / 0.08)
+    # walking is read from the head: a box dragged sideways under a still head walks nowhere
+    assert sc("stay", still, walk, h, 48) == 0.0 and sc("stay", walk, still, h, 48) == 1.0
+    assert sc("stay", np.full((9, 2), np.nan), walk, h, 48) == 1.0  # no head seen: the feet serve
+    # lifts are read from the feet, held two frames above the mean of the ends: 0.09 h -> (0.09 - 0.06) / 0.06
+    up = np.stack([np.full(9, 20.0), 40 - np.array([0, 0, 1, 1, 1, 0, 0, 0, 0]) * 0.09 * 24], 1)
+    assert sc("wave", still, up, h, 48) == pytest.approx(0.5) and sc("stay", still, up, h, 48) == pytest.approx(0.5)
+    assert sc("jump", still, up, h, 48) == 0.0 and sc("walk_right", still, up, h, 48) == 0.0
+    assert sc("wave", up, still, h, 48) == 0.0  # a head drifting up toward a neighbour's lifts nobody
+    hidden_legs = h - (40 - up[:, 1])  # the box's bottom rises by as much as the box shrinks: its top stays
+    assert sc("wave", still, up, hidden_legs, 48) == 0.0
+    blip = np.stack([np.full(9, 20.0), 40 - np.array([0, 0, 0, 3.0, 0, 0, 0, 0, 0])], 1)  # one box bottom off
+    assert sc("wave", still, blip, h, 48) == 0.0
+    ends = np.stack([np.full(9, 20.0), np.array([39, 40, 40, 39, 40, 40, 40, 40, 41.0])], 1)  # ends 2 px apart
+    assert sc("stay", still, ends, h, 48) == 0.0
+    assert sc("wave", np.full((9, 2), np.nan), np.full((9, 2), np.nan), h, 48) == 0.0  # never seen
+
+
 def test_binding_by_hand():
+    assert C.binding(0.9, None, 1.0, contradiction=0.25) == pytest.approx(0.75)  # a "wave" that walks off a bit
+    assert C.binding(0.1, 1.0, 1.0, contradiction=1.0) == 0.0  # geometry does not rescue what it contradicts
+    assert C.binding(0.9, 0.25, 1.0, pair=True, contradiction=1.0) == pytest.approx(0.5)  # pairs: not used
     assert C.binding(0.25, None, 1.0) == pytest.approx(0.5)  # a wave: the recogniser alone
     assert C.binding(0.1, 1.0, 1.0) == pytest.approx(1.0)  # a walk seen in the boxes
     assert C.binding(0.9, 1.0, 1.0, coherence_k=0.55) == pytest.approx(0.5)  # ... made of jumps

@@ -108,6 +108,19 @@ def test_a_half_hidden_subject_is_found_and_ground_truth_beats_the_swap(judge):
     assert gt.metrics["total"] > 0.85
 
 
+@pytest.mark.parametrize("seed,dx", [(5, 2.5), (11, 2.5), (3, 3.0)])
+def test_a_mostly_hidden_subject_still_beats_the_swap(judge, seed, dx):
+    """A third to a half visible: the hidden jumper may go unrecognised in ground truth, but in the
+    swap the waver's identity jumps behind the other's arms, and a crop full of a neighbour's
+    wave must not bind it (`channels.solo_contradiction`: the feet leave the ground)."""
+    ex = _half_hidden(seed, dx)
+    assert 0.3 < ex.clip.visibility[:, 1].mean() < 0.55
+    gt = judge.score(ex.clip.frames, list(ex.refs), ex.caption, threads=1)
+    swap = judge.score(A.swap_frames(ex, [1, 0, 2], 3), list(ex.refs), ex.caption, threads=1)
+    assert gt.metrics["total"] > swap.metrics["total"]
+    assert swap.per_subject[0]["binding"] < 0.5 < gt.per_subject[0]["binding"]
+
+
 def test_recovery_leaves_a_wrong_cast_with_nobody_recovered(judge):
     ex = _half_hidden()
     stranger = A.ATTACKS["wrong_cast"](ex, np.random.default_rng(0))

@@ -6,9 +6,11 @@ from the attack's range with a per-cast generator), and the judge scores it agai
 references and caption, exactly as it scores a generated clip. Targets (`ADVERSARIAL_TARGETS`):
 
 - ground truth total >= 0.88;
-- every degenerate kind's mean total <= 0.65 and at least 0.2 below the ground truth's (the swap:
-  at least 0.15 below, counted on the casts where a swapped subject is asked to do something
-  else; where the swapped subjects do the same, a swap is a correct video);
+- every degenerate kind's mean total <= 0.65 and at least 0.2 below the ground truth's (the swap,
+  reversed and mirrored clips: at least 0.15 below, counted on the casts they contradict; a swap
+  of subjects asked to do the same, or a jump played backwards, is a correct video; they change
+  who does what, not what is drawn; reversed and mirrored clips, which on most casts turn one
+  subject's walk around and nothing else, are not held to the 0.65 cap);
 - on every cast, the ground truth above every degenerate kind that contradicts its caption
   (`attacks.contradicts_caption`).
 
@@ -47,7 +49,7 @@ def attack_videos(ex, cast_seed: int, kinds: Sequence[str]) -> dict[str, tuple[n
     (seeded by the cast and the kind), so adding a kind never changes the others' videos."""
     out = {}
     for kind in kinds:
-        rng = np.random.default_rng([cast_seed, 1 + sorted(A.ATTACKS).index(kind)])
+        rng = np.random.default_rng([cast_seed, 1 + A.KIND_KEYS[kind]])
         if kind == "swap":
             perm = A.swap_permutation(ex, rng)
             out[kind] = (A.swap_frames(ex, perm, int(rng.integers(1 << 30))), A.contradicts_caption(kind, ex, perm))
@@ -61,10 +63,10 @@ def adversarial_validation(judge, num_casts: int = 12, seed: int = 1234, frames:
                            progress: bool = True) -> dict:
     """Score every attack on every cast; returns per-kind means, per-cast totals, targets.
 
-    Keys: `kinds` {kind: {metric: mean}} (ground truth under "ground_truth"; the swap's means over
-    the casts where it contradicts the caption), `cases` (per cast: caption, K, totals per kind,
-    contradicting kinds), `violations` (cast, kind) where a contradicting kind scored >= ground
-    truth, `targets` {name: bool}, and the settings.
+    Keys: `kinds` {kind: {metric: mean}} (ground truth under "ground_truth"; the means of the
+    `attacks.CONDITIONAL` kinds over the casts they contradict), `cases` (per cast: caption, K,
+    totals per kind, contradicting kinds), `violations` (cast, kind) where a contradicting kind
+    scored >= ground truth, `targets` {name: bool}, and the settings.
     """
     from tqdm import tqdm
 
@@ -90,7 +92,7 @@ def adversarial_validation(judge, num_casts: int = 12, seed: int = 1234, frames:
                 case["contradicts"].append(kind)
                 if m["total"] >= gt["total"]:
                     violations.append((i, kind))
-            if kind != "swap" or contradicts:
+            if kind not in A.CONDITIONAL or contradicts:
                 rows.setdefault(kind, []).append(m)
         cases.append(case)
     means = {k: {key: float(np.mean([r[key] for r in v if r.get(key) is not None]))
@@ -108,8 +110,9 @@ def adversarial_targets(means: dict[str, dict], violations: list) -> dict[str, b
     for kind, m in means.items():
         if kind == "ground_truth" or not m.get("n"):
             continue
-        gap = SWAP_GAP_MIN if kind == "swap" else GAP_MIN
-        out[f"{kind}_total"] = m["total"] <= KIND_MAX and m["total"] <= gt - gap
+        gap = SWAP_GAP_MIN if kind in A.CONDITIONAL else GAP_MIN
+        capped = kind not in A.PARTIAL
+        out[f"{kind}_total"] = (m["total"] <= KIND_MAX or not capped) and m["total"] <= gt - gap
     out["gt_above_contradicting_kinds_on_every_cast"] = not violations
     return out
 

@@ -15,6 +15,8 @@ Classes (`ATTACKS`):
     wrong_cast                                  the same scene with other identities
     background                                  the scene without anyone in it
     noise, blur, flicker, shuffled              noise, heavy blur, light flicker, frames reordered
+    reversed, mirrored                          the clip played backwards, flipped left-right
+    drop_one, duplicate                         one subject left out, one drawn as another of the cast
 `camera_shake` is the shake applied by the *_shake kinds (per-frame similarity + brightness).
 """
 
@@ -286,26 +288,76 @@ def shuffled(ex: Example, rng: np.random.Generator) -> np.ndarray:
             return ex.clip.frames[p]
 
 
+def reversed_time(ex: Example, rng: np.random.Generator) -> np.ndarray:
+    """The ground truth played backwards: walks go the other way, an approach parts (no
+    parameter to draw: the one kind, with `mirrored`, that is the same for every seed)."""
+    return ex.clip.frames[::-1].copy()
+
+
+def mirrored(ex: Example, rng: np.random.Generator) -> np.ndarray:
+    """The ground truth flipped left-right: walks go the other way, who stands where flips."""
+    return ex.clip.frames[:, :, ::-1].copy()
+
+
+def without_subject(spec, k: int):
+    """The scene spec without subject k (the pair it was part of, if any, is no pair any more)."""
+    pair = spec.interaction
+    if pair is not None:
+        pair = None if k in pair else (pair[0] - (pair[0] > k), pair[1] - (pair[1] > k))
+    return replace(spec, subjects=[s for i, s in enumerate(spec.subjects) if i != k], interaction=pair)
+
+
+def drop_one(ex: Example, rng: np.random.Generator) -> np.ndarray:
+    """The scene rendered without one of its subjects (the others as in the ground truth)."""
+    k = int(rng.integers(len(ex.spec.subjects)))
+    return render_clip(without_subject(ex.spec, k), np.random.default_rng(int(rng.integers(1 << 30)))).frames
+
+
+def duplicate(ex: Example, rng: np.random.Generator) -> np.ndarray:
+    """One subject drawn with another cast member's identity: two of one person, one missing."""
+    ids = [s.identity for s in ex.spec.subjects]
+    a, b = (int(i) for i in rng.choice(len(ids), 2, replace=False))
+    ids[b] = ids[a]
+    return _rerender(ex, ids, int(rng.integers(1 << 30)))
+
+
 ATTACKS: dict[str, Callable[[Example, np.random.Generator], np.ndarray]] = {
     "frozen": frozen, "partial_freeze": partial_freeze, "frozen_shake": frozen_shake,
     "paste_ref": paste_ref, "paste_ref_shake": paste_ref_shake, "paste_clip": paste_clip,
     "paste_clip_shake": paste_clip_shake, "blobs": blobs, "swap": swap, "wrong_cast": wrong_cast,
     "background": background, "noise": noise, "blur": blur, "flicker": flicker, "shuffled": shuffled,
+    "reversed": reversed_time, "mirrored": mirrored, "drop_one": drop_one, "duplicate": duplicate,
 }
 
+# Each kind's random stream is keyed by a number fixed forever (the first fifteen: their sorted
+# order when the suite had fifteen), so adding a kind never changes another kind's videos.
+KIND_KEYS: dict[str, int] = {k: i for i, k in enumerate(sorted(list(ATTACKS)[:15]))} | \
+    {"reversed": 15, "mirrored": 16, "drop_one": 17, "duplicate": 18}
+
 MOVING_ACTIONS = ("walk_left", "walk_right", "jump", "approach", "swap")
+# the actions a kind reverses: played backwards a walk or an approach changes, a jump, a wave or
+# a swap of places does not; mirrored, only walks change (an approach or a swap stays one)
+REVERSED_BY = {"reversed": ("walk_left", "walk_right", "approach"), "mirrored": ("walk_left", "walk_right")}
+# kinds that are correct videos on some casts: their means count only the casts they contradict
+CONDITIONAL = ("swap", "reversed", "mirrored")
+# kinds that change one aspect of one subject on most casts (a walk's direction): held to the
+# swap's gap below ground truth and to the per-cast order, not to the cap of wholesale fakes
+PARTIAL = ("reversed", "mirrored")
 
 
 def contradicts_caption(kind: str, ex: Example, swap_perm: list[int] | None = None) -> bool:
     """Whether a degenerate video of `kind` made from `ex` contradicts the caption.
 
     Swaps only when someone ends up doing another's action; shuffles only when someone's action
-    has a direction in time (walks, jumps, approach, swap); flicker never (the caption says
+    has a direction in time (walks, jumps, approach, swap); reversed and mirrored clips only when
+    they turn someone's action into another (`REVERSED_BY`); flicker never (the caption says
     nothing about the light); every other kind always (SpriteWorld people are never frozen
-    cut-outs, pasted references, blobs, strangers, absent, noise or a blur).
+    cut-outs, pasted references, blobs, strangers, absent, doubled, noise or a blur).
     """
     if kind == "swap":
         return swap_perm is not None and swap_contradicts(ex, swap_perm)
     if kind == "shuffled":
         return any(a in MOVING_ACTIONS for a in ex.spec.actions)
+    if kind in REVERSED_BY:
+        return any(a in REVERSED_BY[kind] for a in ex.spec.actions)
     return kind != "flicker"

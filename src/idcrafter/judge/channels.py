@@ -128,7 +128,7 @@ def similarity_credit(similarity: float) -> float:
 
 
 def binding(p_wanted: float, geometry: float | None, alive_k: float, coherence_k: float = 1.0,
-            pair: bool = False, identity_k: float = 1.0) -> float:
+            pair: bool = False, identity_k: float = 1.0, contradiction: float = 0.0) -> float:
     """What the caption asks of this subject, done by this subject, in [0, 1].
 
     rec = min(1, P(wanted) / BINDING_CONFIDENT): the action recogniser's probability of the
@@ -137,9 +137,16 @@ def binding(p_wanted: float, geometry: float | None, alive_k: float, coherence_k
     geo: `solo_geometry` / `pair_geometry` of the asked action (None for a wave; for a pair
     action, with the reference the caption pairs it with: doing it with anyone else fails).
 
-        solo action:  identity x alive x coherence x max(rec, geo)     (rec alone for a wave)
+        solo action:  identity x alive x coherence x max(rec, geo) x (1 - contra)
+                      (rec alone for a wave)
         pair action:  identity x alive x coherence x sqrt(rec x geo)   (rec alone when the pair
                       is not seen together long enough; 0 when the caption's partner is absent)
+
+    contra (`solo_contradiction`): clear motion of the track's own feet that the asked solo action
+    rules out (a "wave" or "stay" that walks away or leaves the ground, a "jump" that walks off, a
+    walk the other way). The recogniser reads a crop, and a crop can hold a neighbour's arms: a
+    jumper standing behind a waver was read as waving with P 0.75, so an identity swap of the two
+    kept the waver's binding. Boxes cannot prove a wave, but they can disprove one.
 
     Both kinds of evidence count only as far as the track moves like a body (`coherence`, via
     `coherence_credit`: a walk made of frames in a random order is no walk), and only as far as
@@ -151,6 +158,8 @@ def binding(p_wanted: float, geometry: float | None, alive_k: float, coherence_k
         evidence = rec
     else:
         evidence = float(np.sqrt(rec * geometry)) if pair else max(rec, geometry)
+    if not pair:
+        evidence *= 1.0 - contradiction
     return float(identity_k * alive_k * coherence_credit(coherence_k) * evidence)
 
 
@@ -181,6 +190,42 @@ def solo_geometry(action: str, feet: np.ndarray, heights: np.ndarray, width: int
     jump = _ramp(lift, 0.5 * JUMP_FULL, JUMP_FULL) * (1 - max(walk_l, walk_r))
     return {"walk_left": walk_l, "walk_right": walk_r, "jump": jump,
             "stay": (1 - max(walk_l, walk_r)) * (1 - _ramp(lift, 0.3 * JUMP_FULL, 0.6 * JUMP_FULL))}.get(action)
+
+
+def solo_contradiction(action: str, head: np.ndarray, feet: np.ndarray, heights: np.ndarray,
+                       width: int) -> float:
+    """How clearly, in [0, 1], a track does what the solo `action` rules out: walking away
+    (either way) or a lift of a full jump for a wave or a stay, walking for a jump, walking the
+    other way for a walk. Inputs are camera-stabilised (T, 2) positions, NaN where unseen, and
+    box heights (T,). Walking is read from the head (the detector's own head boxes), because a
+    passer-by's legs behind a subject drag its box sideways but not its head; the lift from the
+    feet (box bottoms), because the head box of a subject drifts up toward a jumping neighbour's
+    head right behind it while its feet stay put, and only where the box's top rises with them
+    (legs hidden behind a passer-by raise a box's bottom alone). Without two head positions the
+    feet serve for both. The ramps are those of `solo_geometry` (a walk from WALK_MIN to
+    WALK_FULL of the width, a lift from half a jump to a full one), so box noise below a short
+    walk or half a jump never vetoes anything."""
+    seen_feet = ~np.isnan(feet[:, 0])
+    if seen_feet.sum() < 2:
+        return 0.0
+    seen_head = ~np.isnan(head[:, 0])
+    x = head[seen_head, 0] if seen_head.sum() >= 2 else feet[seen_feet, 0]
+    bottom = feet[seen_feet, 1]
+    top = bottom - heights[seen_feet]
+    h = max(float(np.nanmedian(heights)), 1.0)
+    dx = float(x[-1] - x[0]) / width
+
+    def held_lift(y: np.ndarray) -> float:
+        # held for two frames above the mean of the two ends: one box edge 1-2 px off (a
+        # regressed box, a passer-by's legs) lifts nobody, a jump stays up for most frames
+        return (0.5 * float(y[0] + y[-1]) - float(np.sort(y)[1])) / h
+
+    # the whole box must rise: legs hidden behind someone raise a box's bottom, not its top
+    lift = _ramp(min(held_lift(bottom), held_lift(top)), 0.5 * JUMP_FULL, JUMP_FULL)
+    walk_l, walk_r = _ramp(-dx, WALK_MIN, WALK_FULL), _ramp(dx, WALK_MIN, WALK_FULL)
+    walking = max(walk_l, walk_r)
+    return {"wave": max(walking, lift), "stay": max(walking, lift), "jump": walking,
+            "walk_left": walk_r, "walk_right": walk_l}.get(action, 0.0)
 
 
 def pair_geometry(action: str, feet_a: np.ndarray, feet_b: np.ndarray, width: int) -> float | None:

@@ -320,7 +320,7 @@ class Judge:
         from idcrafter.judge.recover import RecoveredDetection
 
         comp = TM.compensate(frames, [[d.box for d in f] for f in dets])
-        activity, coherence, feet = [], [], []
+        activity, coherence, feet, heads = [], [], [], []
         for tr in tracks:
             b = tr.boxes()
             activity.append(TM.step_activity(comp, b))
@@ -330,10 +330,11 @@ class Judge:
                                 else [np.nan, np.nan] for d in tr.frames])
             feet.append(TM.stabilise(np.stack([(b[:, 0] + b[:, 2]) / 2, b[:, 3]], 1), comp["warps"]))
             hgt, head = b[:, 3] - b[:, 1], TM.stabilise(anchors, comp["warps"])
+            heads.append(head)
             # the head, not the feet, for bounces: feet boxes jump when legs pass behind someone
             coherence.append(min(TM.path_coherence(head, hgt), TM.bounce_coherence(head[:, 1], hgt)))
         shift = float(np.abs(comp["warps"][:, :, 2]).max()) if len(comp["warps"]) else 0.0
-        return {"activity": activity, "coherence": coherence, "feet": feet, "flicker": TM.flicker(comp["gains"]),
+        return {"activity": activity, "coherence": coherence, "feet": feet, "head": heads, "flicker": TM.flicker(comp["gains"]),
                 "teleport_ok": C.teleport_free([tr.boxes() for tr in tracks]), "camera_shift_px": shift}
 
     def _subjects(self, frames: np.ndarray, ref: dict, tracks, match: list[int], over_time: dict) -> list[dict]:
@@ -384,15 +385,19 @@ class Judge:
                 bind.append(0.0)
                 continue
             p = float(probs[j, ACTIONS.index(wanted[r])])
-            pair = wanted[r] in PAIR_ACTIONS
+            pair, contra = wanted[r] in PAIR_ACTIONS, 0.0
             if pair:
                 mate = match[partner[r]] if partner[r] >= 0 else -1
                 geo = C.pair_geometry(wanted[r], over_time["feet"][j], over_time["feet"][mate], width) \
                     if mate >= 0 else 0.0  # the partner the caption names is nowhere: nothing done together
             else:
-                geo = C.solo_geometry(wanted[r], over_time["feet"][j], boxes[j][:, 3] - boxes[j][:, 1], width)
-            b = C.binding(p, geo, subjects[r]["alive"], over_time["coherence"][j], pair, subjects[r]["identity"])
-            per.append({"action": seen[r], "wanted_action": wanted[r], "p_wanted": p, "geometry": geo, "binding": b})
+                heights = boxes[j][:, 3] - boxes[j][:, 1]
+                geo = C.solo_geometry(wanted[r], over_time["feet"][j], heights, width)
+                contra = C.solo_contradiction(wanted[r], over_time["head"][j], over_time["feet"][j], heights, width)
+            b = C.binding(p, geo, subjects[r]["alive"], over_time["coherence"][j], pair, subjects[r]["identity"],
+                          contra)
+            per.append({"action": seen[r], "wanted_action": wanted[r], "p_wanted": p, "geometry": geo,
+                        "contradiction": contra, "binding": b})
             bind.append(b)
         hits = [seen[r] is not None and seen[r] == wanted[r] for r in range(k)]
         return {"action_acc": float(np.mean(hits)), "binding": C.half_min(bind), "binding_k": bind,
