@@ -49,7 +49,7 @@ def test_shipped_latent_generator_links_the_shipped_vae_and_loads():
     files = [p for p in folder.rglob("*") if p.is_file() and "vae" not in p.relative_to(folder).parts]
     assert sum(p.stat().st_size for p in files) / 2**20 < 15
     card = (folder / "README.md").read_text()
-    assert "recipe `sprites-latent`" in card and "Steps: 5000" in card and "| face_sim_mean |" in card
+    assert "recipe `sprites-latent`" in card and "## Stages" in card and "| face_sim_mean |" in card
     pipe = load_generator(folder)
     assert type(pipe.vae).__name__ == "AutoencoderKLWan"
     assert pipe.config.reference_size == 40 and pipe.config.default_frames == 5
