@@ -330,9 +330,12 @@ ATTACKS: dict[str, Callable[[Example, np.random.Generator], np.ndarray]] = {
 }
 
 # Each kind's random stream is keyed by a number fixed forever (the first fifteen: their sorted
-# order when the suite had fifteen), so adding a kind never changes another kind's videos.
-KIND_KEYS: dict[str, int] = {k: i for i, k in enumerate(sorted(list(ATTACKS)[:15]))} | \
-    {"reversed": 15, "mirrored": 16, "drop_one": 17, "duplicate": 18}
+# order when the suite had fifteen), so adding a kind never changes another kind's videos; a new
+# kind takes the next number.
+KIND_KEYS: dict[str, int] = {k: i for i, k in enumerate((
+    "background", "blobs", "blur", "flicker", "frozen", "frozen_shake", "noise", "partial_freeze",
+    "paste_clip", "paste_clip_shake", "paste_ref", "paste_ref_shake", "shuffled", "swap", "wrong_cast",
+    "reversed", "mirrored", "drop_one", "duplicate"))}
 
 MOVING_ACTIONS = ("walk_left", "walk_right", "jump", "approach", "swap")
 # the actions a kind reverses: played backwards a walk or an approach changes, a jump, a wave or

@@ -142,7 +142,7 @@ def binding(p_wanted: float, geometry: float | None, alive_k: float, coherence_k
         pair action:  identity x alive x coherence x sqrt(rec x geo)   (rec alone when the pair
                       is not seen together long enough; 0 when the caption's partner is absent)
 
-    contra (`solo_contradiction`): clear motion of the track's own feet that the asked solo action
+    contra (`solo_contradiction`): clear motion of the track's own boxes that the asked solo action
     rules out (a "wave" or "stay" that walks away or leaves the ground, a "jump" that walks off, a
     walk the other way). The recogniser reads a crop, and a crop can hold a neighbour's arms: a
     jumper standing behind a waver was read as waving with P 0.75, so an identity swap of the two
