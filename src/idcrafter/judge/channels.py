@@ -174,6 +174,12 @@ def _ramp(x: float, lo: float, hi: float) -> float:
     return float(np.clip((x - lo) / (hi - lo), 0, 1))
 
 
+def _walks(x: np.ndarray, width: int) -> tuple[float, float]:
+    """(left, right) walk evidence of a path's x positions (n,): net displacement that way."""
+    dx = float(x[-1] - x[0]) / width
+    return _ramp(-dx, WALK_MIN, WALK_FULL), _ramp(dx, WALK_MIN, WALK_FULL)
+
+
 def solo_geometry(action: str, feet: np.ndarray, heights: np.ndarray, width: int) -> float | None:
     """Evidence in [0, 1] that a track does a solo `action`, from its camera-stabilised feet
     positions (T, 2) (NaN rows where unseen) and heights (T,); None where boxes cannot tell
@@ -182,11 +188,10 @@ def solo_geometry(action: str, feet: np.ndarray, heights: np.ndarray, width: int
     ok = ~np.isnan(feet[:, 0])
     if ok.sum() < 2 or action == "wave":
         return None
-    x, y = feet[ok, 0], feet[ok, 1]
+    y = feet[ok, 1]
     h = max(float(np.nanmedian(heights)), 1.0)
-    dx = float(x[-1] - x[0]) / width
     lift = float(np.max(np.maximum(y[0], y[-1]) - y)) / h  # highest rise above the later baseline
-    walk_l, walk_r = _ramp(-dx, WALK_MIN, WALK_FULL), _ramp(dx, WALK_MIN, WALK_FULL)
+    walk_l, walk_r = _walks(feet[ok, 0], width)
     jump = _ramp(lift, 0.5 * JUMP_FULL, JUMP_FULL) * (1 - max(walk_l, walk_r))
     return {"walk_left": walk_l, "walk_right": walk_r, "jump": jump,
             "stay": (1 - max(walk_l, walk_r)) * (1 - _ramp(lift, 0.3 * JUMP_FULL, 0.6 * JUMP_FULL))}.get(action)
@@ -213,7 +218,6 @@ def solo_contradiction(action: str, head: np.ndarray, feet: np.ndarray, heights:
     bottom = feet[seen_feet, 1]
     top = bottom - heights[seen_feet]
     h = max(float(np.nanmedian(heights)), 1.0)
-    dx = float(x[-1] - x[0]) / width
 
     def held_lift(y: np.ndarray) -> float:
         # held for two frames above the mean of the two ends: one box edge 1-2 px off (a
@@ -222,7 +226,7 @@ def solo_contradiction(action: str, head: np.ndarray, feet: np.ndarray, heights:
 
     # the whole box must rise: legs hidden behind someone raise a box's bottom, not its top
     lift = _ramp(min(held_lift(bottom), held_lift(top)), 0.5 * JUMP_FULL, JUMP_FULL)
-    walk_l, walk_r = _ramp(-dx, WALK_MIN, WALK_FULL), _ramp(dx, WALK_MIN, WALK_FULL)
+    walk_l, walk_r = _walks(x, width)
     walking = max(walk_l, walk_r)
     return {"wave": max(walking, lift), "stay": max(walking, lift), "jump": walking,
             "walk_left": walk_r, "walk_right": walk_l}.get(action, 0.0)

@@ -334,8 +334,8 @@ class Judge:
             # the head, not the feet, for bounces: feet boxes jump when legs pass behind someone
             coherence.append(min(TM.path_coherence(head, hgt), TM.bounce_coherence(head[:, 1], hgt)))
         shift = float(np.abs(comp["warps"][:, :, 2]).max()) if len(comp["warps"]) else 0.0
-        return {"activity": activity, "coherence": coherence, "feet": feet, "head": heads, "flicker": TM.flicker(comp["gains"]),
-                "teleport_ok": C.teleport_free([tr.boxes() for tr in tracks]), "camera_shift_px": shift}
+        return {"activity": activity, "coherence": coherence, "feet": feet, "head": heads,
+                "flicker": TM.flicker(comp["gains"]), "teleport_ok": C.teleport_free([tr.boxes() for tr in tracks]), "camera_shift_px": shift}
 
     def _subjects(self, frames: np.ndarray, ref: dict, tracks, match: list[int], over_time: dict) -> list[dict]:
         """Per reference: alive, own motion, likeness to its reference's pixels, copy-paste."""
