@@ -1,13 +1,14 @@
 """The RL experiment on SpriteWorld: SFT vs DPO vs GRPO (composite) vs GRPO (learned reward) vs NFT,
 then the reward ablations; every arm evaluated on held-out casts by judge v2 and the audit judge.
 
-    .venv/bin/python scripts/rl_experiment.py --generator assets/checkpoints/sprites-sft --out runs/rl-exp \\
-        [--iterations 300] [--arms sft,dpo,grpo,grpo_cps,grpo_learned,nft,no_fid,no_qual,no_nat,mean_face] \\
+    .venv/bin/python scripts/rl_experiment.py --generator assets/checkpoints/sprites-latent --out runs/rl-exp \\
+        [--recipe sprites-latent] [--iterations 300] [--arms sft,dpo,grpo,grpo_cps,grpo_learned,nft,no_fid,no_qual,no_nat,mean_face] \\
         [--run grpo=runs/rl-grpo ...] [--reward-model runs/rm-sprites/reward_model] [--eval-n 32] \\
         [--threads 1] [--set monitor.every=0 ...] [--no-train]
 
 Every arm is an `idcrafter train ...` run in `<out>/<arm>` (or the folder given by `--run ARM=DIR`)
-started from `--generator` with the `sprites` recipe of its trainer, the same iterations and the
+started from `--generator` with the `--recipe` of its trainer (`sprites-latent`, or `sprites` for the
+pixel-space generator: the recipe sets the reference size the generator was trained with), the same iterations and the
 `--set` overrides; a folder that already holds a run is resumed, one whose run is complete (its
 `pipeline/` exported and `--iterations` logged) is not trained again, so the script can be stopped
 and restarted. DPO gets the same data budget (`dpo.pair_iterations` = iterations). `grpo_learned`
@@ -44,7 +45,7 @@ METRICS = ("face_sim_mean", "face_sim_min", "subject_sim", "leakage", "action_ac
 AUDIT = ("attr_acc_mean", "face_sim_mean", "face_sim_min", "quality", "natural")
 SCORERS = {"sprites": ("judge", METRICS), "sprites-audit": ("audit", AUDIT)}
 
-# arm: (trainer, overrides on top of its `sprites` recipe)
+# arm: (trainer, overrides on top of its `--recipe`; `sprites-latent` GRPO is CPS already, so `grpo_cps` = `grpo` there)
 ARMS: dict[str, tuple[str, list[str]]] = {
     "sft": ("none", []),
     "dpo": ("dpo", []),
@@ -97,7 +98,7 @@ def train_arm(arm: str, run_dir: Path, args, reward_model: Path | None) -> None:
     if arm == "grpo_learned":
         overrides.append(f"reward.path={reward_model}")
     resume = ["--resume"] if (run_dir / "config.json").is_file() else []
-    run([sys.executable, "-m", "idcrafter.train.cli", trainer, "--recipe", "sprites", "--run-dir", str(run_dir),
+    run([sys.executable, "-m", "idcrafter.train.cli", trainer, "--recipe", args.recipe, "--run-dir", str(run_dir),
          *resume, *overrides])
 
 
@@ -334,6 +335,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--generator", type=Path, required=True, help="the SFT generator pipeline folder")
     ap.add_argument("--out", type=Path, default=Path("runs/rl-exp"))
+    ap.add_argument("--recipe", default="sprites-latent", help="the trainers' recipe (sprites-latent or sprites)")
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--run", action="append", default=[], metavar="ARM=DIR", help="an arm's run folder")

@@ -6,7 +6,8 @@
 | trainer | name | start | reward | notes |
 |---|---|---|---|---|
 | grpo, nft | `debug` | tiny random model (seconds on a CPU) | brightness | the porting check: the reward must rise within a few iterations |
-| grpo, nft | `sprites` | `assets/checkpoints/sprites-sft` (the shipped SFT generator) | composite (SpriteWorld judge) | LoRA r16 |
+| grpo, nft, dpo | `sprites` | `assets/checkpoints/sprites-sft` (the shipped pixel-space SFT generator) | composite (SpriteWorld judge) | LoRA r16 |
+| grpo, nft, dpo | `sprites-latent` | `assets/checkpoints/sprites-latent` (the shipped latent-space generator) | composite (SpriteWorld judge) | as `sprites`; references at 40 px, the latent pipeline's size |
 | grpo, nft | `wan2.1-1.3b`, `wan2.1-14b` | local Wan2.1 folders (`models/...`) | composite, real preset (`models/rewards`) | public Wan defaults: 20 steps, group 8, beta 0.004, clip 1e-3, lr 1e-4, LoRA r32, EMA |
 
 SpriteWorld's SFT recipes are in `idcrafter.recipes`; these start from their exports.
@@ -26,6 +27,7 @@ from idcrafter.train.optim import OptimConfig
 
 RL_RECIPES: dict[str, dict[str, Callable]] = {"grpo": {}, "nft": {}, "dpo": {}, "reward-model": {}}
 SHIPPED_SFT = "assets/checkpoints/sprites-sft"
+SHIPPED_LATENT = "assets/checkpoints/sprites-latent"
 
 
 def register(trainer: str, name: str) -> Callable[[Callable], Callable]:
@@ -85,12 +87,14 @@ def nft_debug() -> NFTRunConfig:
         **_debug_common())
 
 
-# ------------------------------------------------------------------ SpriteWorld, from the shipped SFT model
-def _sprites_common() -> dict:
+# ------------------------------------------------------------------ SpriteWorld, from a shipped SFT model
+def _sprites_common(init: str = SHIPPED_SFT, ref_size: int = 36) -> dict:
+    """`init` is the generator RL starts from; `ref_size` must be the reference size it was trained
+    with (its `model_index.json`), or the subject tokens the policy sees differ from SFT's."""
     size = dict(frames=5, height=48, width=48)
     return dict(
-        model=ModelConfig(init_pipeline=SHIPPED_SFT, **size, reference_size=36),
-        data=DataConfig(source="procedural", split="train", ref_size=36, prefetch=0, **size),
+        model=ModelConfig(init_pipeline=init, **size, reference_size=ref_size),
+        data=DataConfig(source="procedural", split="train", ref_size=ref_size, prefetch=0, **size),
         reward=RewardConfig(name="composite", weights={"composite": 1.0}, options={"preset": "sprites"}),
         train=TrainConfig(steps=300, mode="lora", lora_rank=16, lora_alpha=16, mixed_precision="bf16",
                           ema_decay=0.9, threads=0),
@@ -102,19 +106,50 @@ def _sprites_common() -> dict:
 
 
 @register("grpo", "sprites")
-def grpo_sprites() -> GRPORunConfig:
+def grpo_sprites(**common) -> GRPORunConfig:
     return GRPORunConfig(
         rollout=RolloutConfig(groups=2, group_size=8, batch_size=8, steps=10, guidance=1.0),
         optim=OptimConfig(lr=3e-4, warmup_steps=0, schedule="constant", grad_clip=1.0),
-        grpo=GRPOConfig(clip_range=1e-2, beta=0.01, timestep_fraction=0.6), **_sprites_common())
+        grpo=GRPOConfig(clip_range=1e-2, beta=0.01, timestep_fraction=0.6), **_sprites_common(**common))
 
 
 @register("nft", "sprites")
-def nft_sprites() -> NFTRunConfig:
+def nft_sprites(**common) -> NFTRunConfig:
     return NFTRunConfig(
         rollout=RolloutConfig(groups=2, group_size=8, batch_size=8, steps=10, guidance=1.0, sde_type="ode"),
         optim=OptimConfig(lr=3e-4, warmup_steps=0, schedule="constant", grad_clip=1.0),
-        nft=NFTConfig(beta=1.0, timesteps=2, kl=0.0), **_sprites_common())
+        nft=NFTConfig(beta=1.0, timesteps=2, kl=0.0), **_sprites_common(**common))
+
+
+_LATENT = dict(init=SHIPPED_LATENT, ref_size=40)
+
+
+def _latent_step(cfg):
+    """From the latent generator: rollouts in micro-batches of 4 and one optimizer step per
+    micro-batch (4 per pass) at lr 1e-3. A pilot from it with the `sprites` values (lr 3e-4, one
+    step per pass) never reached the clip range in 26 iterations (clip_frac 0); these did on about
+    half the iterations (0.15), i.e. the trust region, not the step size, bounds each update."""
+    cfg.rollout.batch_size = 4
+    cfg.optim.lr = 1e-3
+    return cfg
+
+
+@register("grpo", "sprites-latent")
+def grpo_sprites_latent() -> GRPORunConfig:
+    """`sprites` from the latent generator with CPS rollouts (the Flow-GRPO SDE at 10 steps leaves
+    visible noise in the last frames; CPS keeps the marginals) and `_latent_step`."""
+    cfg = _latent_step(grpo_sprites(**_LATENT))
+    cfg.rollout.sde_type = "cps"
+    cfg.grpo.updates = 4
+    return cfg
+
+
+@register("nft", "sprites-latent")
+def nft_sprites_latent() -> NFTRunConfig:
+    """`sprites` from the latent generator with the same step sizes as GRPO's (`_latent_step`)."""
+    cfg = _latent_step(nft_sprites(**_LATENT))
+    cfg.nft.updates = 4
+    return cfg
 
 
 # ------------------------------------------------------------------ Wan2.1 (real weights, local folders)
@@ -217,11 +252,14 @@ def dpo_debug():
 
 
 @register("dpo", "sprites")
-def dpo_sprites():
+def dpo_sprites(**common):
     """The same data budget as `grpo sprites` at 300 iterations: 300 x 2 groups x 8 samples."""
     from idcrafter.rl.dpo import DPOConfig, DPORunConfig
 
     return DPORunConfig(
         rollout=RolloutConfig(groups=2, group_size=8, batch_size=8, steps=10, guidance=2.5, sde_type="ode"),
         optim=OptimConfig(lr=1e-4, warmup_steps=0, schedule="constant", grad_clip=1.0),
-        dpo=DPOConfig(beta=500.0, pair_iterations=300, batch_size=8, timesteps=2), **_sprites_common())
+        dpo=DPOConfig(beta=500.0, pair_iterations=300, batch_size=8, timesteps=2), **_sprites_common(**common))
+
+
+register("dpo", "sprites-latent")(lambda: dpo_sprites(**_LATENT))

@@ -1,0 +1,33 @@
+"""The SpriteWorld RL recipes start from a shipped generator with the reference size it was trained
+with: a mismatch would feed the policy subject tokens SFT never saw (a silent joint bug)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from idcrafter.rl.recipes import RL_RECIPES, rl_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("trainer", ["grpo", "nft", "dpo"])
+@pytest.mark.parametrize("name", ["sprites", "sprites-latent"])
+def test_sprites_recipes_match_their_generator(trainer, name):
+    cfg = rl_recipe(trainer, name)
+    index = json.loads((ROOT / cfg.model.init_pipeline / "model_index.json").read_text())
+    assert cfg.model.reference_size == cfg.data.ref_size == index["reference_size"]
+    assert (cfg.model.frames, cfg.model.height, cfg.model.width) == (
+        index["default_frames"], index["default_height"], index["default_width"])
+    assert (cfg.data.frames, cfg.data.height, cfg.data.width) == (cfg.model.frames, cfg.model.height, cfg.model.width)
+
+
+def test_latent_recipes_start_from_the_latent_generator():
+    for trainer in ("grpo", "nft", "dpo"):
+        assert rl_recipe(trainer, "sprites-latent").model.init_pipeline == "assets/checkpoints/sprites-latent"
+    grpo = rl_recipe("grpo", "sprites-latent")
+    assert grpo.rollout.sde_type == "cps" and grpo.grpo.updates == 4 and grpo.rollout.batch_size == 4
+    # a recipe is a fresh object: editing one does not leak into the next
+    grpo.optim.lr = 5.0
+    assert rl_recipe("grpo", "sprites-latent").optim.lr == 1e-3
+    assert set(RL_RECIPES["grpo"]) >= {"debug", "sprites", "sprites-latent", "wan2.1-1.3b", "wan2.1-14b"}
