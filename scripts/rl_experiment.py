@@ -7,9 +7,9 @@ then the reward ablations; every arm evaluated on held-out casts by judge v2 and
         [--threads 1] [--set monitor.every=0 ...] [--no-train]
 
 Every arm is an `idcrafter train ...` run in `<out>/<arm>` (or the folder given by `--run ARM=DIR`)
-started from `--generator` with the `--recipe` of its trainer (`sprites-latent`, or `sprites` for the
-pixel-space generator: the recipe sets the reference size the generator was trained with), the same iterations and the
-`--set` overrides; a folder that already holds a run is resumed, one whose run is complete (its
+started from `--generator` with the `--recipe` of its trainer (`sprites-latent`, or `sprites` for
+the pixel-space generator: the recipe sets the reference size, which must be the generator's), the
+same iterations and the `--set` overrides; a folder that already holds a run is resumed, one whose run is complete (its
 `pipeline/` exported and `--iterations` logged) is not trained again, so the script can be stopped
 and restarted. DPO gets the same data budget (`dpo.pair_iterations` = iterations). `grpo_learned`
 needs a reward model (`--reward-model`; without one it trains `idcrafter train reward-model
@@ -45,7 +45,8 @@ METRICS = ("face_sim_mean", "face_sim_min", "subject_sim", "leakage", "action_ac
 AUDIT = ("attr_acc_mean", "face_sim_mean", "face_sim_min", "quality", "natural")
 SCORERS = {"sprites": ("judge", METRICS), "sprites-audit": ("audit", AUDIT)}
 
-# arm: (trainer, overrides on top of its `--recipe`; `sprites-latent` GRPO is CPS already, so `grpo_cps` = `grpo` there)
+# arm: (trainer, overrides on top of its `--recipe`; `sprites-latent` GRPO is CPS already,
+# so there `grpo_cps` = `grpo`)
 ARMS: dict[str, tuple[str, list[str]]] = {
     "sft": ("none", []),
     "dpo": ("dpo", []),
@@ -100,6 +101,23 @@ def train_arm(arm: str, run_dir: Path, args, reward_model: Path | None) -> None:
     resume = ["--resume"] if (run_dir / "config.json").is_file() else []
     run([sys.executable, "-m", "idcrafter.train.cli", trainer, "--recipe", args.recipe, "--run-dir", str(run_dir),
          *resume, *overrides])
+
+
+def check_recipe(name: str, generator: Path, trainers: set[str]) -> None:
+    """Fail before any work (exit 2) when a trainer has no recipe `name` or the recipe's reference
+    size is not the generator's (the policy would see references SFT never saw)."""
+    from idcrafter.errors import InputError
+    from idcrafter.rl.recipes import rl_recipe
+
+    size = json.loads((generator / "model_index.json").read_text()).get("reference_size")
+    for trainer in sorted(trainers):
+        try:
+            cfg = rl_recipe(trainer, name)
+        except InputError as exc:
+            fail(f"{exc} (--recipe)")
+        if size is not None and cfg.model.reference_size != size:
+            fail(f"--recipe {name} uses {cfg.model.reference_size} px references but {generator} was trained "
+                 f"with {size}: pass the recipe made for that generator (sprites-latent or sprites)")
 
 
 def ensure_reward_model(args) -> Path:
@@ -359,6 +377,7 @@ def main() -> None:
         fail(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
     if args.eval_n < 2 or args.iterations < 1:
         fail("--eval-n must be >= 2 and --iterations >= 1")
+    check_recipe(args.recipe, args.generator, {ARMS[a][0] for a in arms} - {"none"})
     dirs = {arm: args.out / arm for arm in arms}
     for item in args.run:
         arm, _, folder = item.partition("=")

@@ -31,3 +31,18 @@ def test_latent_recipes_start_from_the_latent_generator():
     grpo.optim.lr = 5.0
     assert rl_recipe("grpo", "sprites-latent").optim.lr == 1e-3
     assert set(RL_RECIPES["grpo"]) >= {"debug", "sprites", "sprites-latent", "wan2.1-1.3b", "wan2.1-14b"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--recipe", "bogus"], "unknown grpo recipe"),
+    (["--recipe", "sprites"], "36 px references"),  # the pixel recipe on the latent generator
+])
+def test_rl_experiment_refuses_a_wrong_recipe_before_any_work(tmp_path, args, message):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(ROOT / "scripts" / "rl_experiment.py"), "--generator",
+           str(ROOT / "assets/checkpoints/sprites-latent"), "--out", str(tmp_path / "exp"), "--arms", "sft,grpo", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "exp").exists()  # nothing made

@@ -52,7 +52,8 @@ def resolve_config(recipe_name: str, run_dir: Path, resume: bool, overrides: lis
 @train_app.command("sft")
 def sft(
     overrides: Optional[List[str]] = typer.Argument(None, help="config overrides, key=value (e.g. optim.lr=1e-4)"),
-    recipe: str = typer.Option("sprites", help="recipe name: debug, sprites, sprites-latent, wan2.1-1.3b, wan2.1-14b (idcrafter.recipes)"),
+    recipe: str = typer.Option(
+        "sprites", help="recipe name: debug, sprites, sprites-latent, wan2.1-1.3b, wan2.1-14b (idcrafter.recipes)"),
     run_dir: Optional[Path] = typer.Option(None, help="run folder (default runs/<recipe>)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint of --run-dir"),
     overwrite: bool = typer.Option(False, "--overwrite", help="delete the run in --run-dir and start a new one there"),
