@@ -2,7 +2,8 @@
 then the reward ablations; every arm evaluated on held-out casts by judge v2 and the audit judge.
 
     .venv/bin/python scripts/rl_experiment.py --generator assets/checkpoints/sprites-latent --out runs/rl-exp \\
-        [--recipe sprites-latent] [--iterations 300] [--arms sft,dpo,grpo,grpo_cps,grpo_learned,nft,no_fid,no_qual,no_nat,mean_face] \\
+        [--recipe sprites-latent] [--iterations 300] \\
+        [--arms sft,dpo,grpo,grpo_cps,grpo_learned,grpo_bind,grpo_bind_mix,nft,nft_bind,no_fid,no_qual,no_nat,mean_face] \\
         [--run grpo=runs/rl-grpo ...] [--reward-model runs/rm-sprites/reward_model] [--eval-n 32] \\
         [--threads 1] [--set monitor.every=0 ...] [--no-train]
 
@@ -58,6 +59,14 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "no_qual": ("grpo", ['reward.options={"preset": "sprites", "composite_weights": {"quality": 0.0}}']),
     "no_nat": ("grpo", ['reward.options={"preset": "sprites", "composite_weights": {"natural_share": 0.0}}']),
     "mean_face": ("grpo", ['reward.options={"preset": "sprites", "composite_weights": {"gamma": 0.0}}']),
+    # the composite + w_bind R_bind (rewards.composite: each subject doing what the caption asks;
+    # 0.3 gives R_bind about the spread 0.6 R_fid has over SFT samples)
+    "grpo_bind": ("grpo", ['reward.options={"preset": "sprites", "composite_weights": {"binding": 0.3}}']),
+    "nft_bind": ("nft", ['reward.options={"preset": "sprites", "composite_weights": {"binding": 0.3}}']),
+    # grpo_bind with a sliding SDE window (MixGRPO: 4 SDE steps of 10, ODE elsewhere) and less
+    # noise, so rollouts stay near the ODE samples evaluation draws (docs/rl.md, session 6)
+    "grpo_bind_mix": ("grpo", ['reward.options={"preset": "sprites", "composite_weights": {"binding": 0.3}}',
+                               "rollout.window_size=4", "rollout.window_slide_every=10", "rollout.noise_level=0.5"]),
 }
 
 

@@ -37,6 +37,11 @@ def test_face_aggregate_and_composite_by_hand():
                          torch.tensor([0.9, 1.0]), torch.tensor([0.5, 1.0]), torch.tensor([0.25, 0.0]))
     assert torch.allclose(t["composite"], torch.tensor([0.606, 1.0]))
     assert face_reward(0.8, 0.6, 0.25) == pytest.approx(0.75)
+    # the binding term (off by default): + w_bind * R_bind
+    wb = CompositeWeights(binding=0.5)
+    assert composite_reward(0.8, 0.6, 0.5, 0.9, 0.5, 0.25, wb, binding=0.3)["composite"] == \
+        pytest.approx(0.606 + 0.5 * 0.3)
+    assert composite_reward(0.8, 0.6, 0.5, 0.9, 0.5, 0.25, binding=0.3)["composite"] == pytest.approx(0.606)
 
 
 def test_composite_weights_reject_nonsense():
@@ -109,6 +114,15 @@ def test_sprites_composite_separates_truth_from_noise_and_flags_bad_clips(cast):
     expected = composite_reward(np.mean(sims), np.min(sims), rep.metrics["subject_sim"], rep.metrics["quality"],
                                 rep.metrics["natural"], max(s["copy_paste"] for s in rep.per_subject))["composite"]
     assert float(out["composite"][0]) == pytest.approx(expected, abs=1e-5)
+    # with w_bind > 0 the judge's own binding enters exactly; a caption that asks nothing binds fully
+    wb = CompositeWeights(binding=0.3)
+    bound = build_reward("composite", composite_weights=wb)(
+        RewardBatch([cast.clip.frames, noise, cast.clip.frames], [refs] * 3, [cast.caption, cast.caption, None]))
+    assert float(bound["binding"][0]) == pytest.approx(rep.metrics["binding"], abs=1e-5)
+    assert float(bound["binding"][0]) > float(bound["binding"][1]) + 0.3  # noise does nothing asked
+    assert float(bound["action"][0]) == pytest.approx(rep.metrics["action_acc"])
+    assert float(bound["composite"][0]) == pytest.approx(expected + 0.3 * rep.metrics["binding"], abs=1e-5)
+    assert float(bound["binding"][2]) == 1.0 and bool(bound.valid["composite"][2])
 
 
 def test_face_reward_gamma_and_components_needed(cast):
@@ -120,6 +134,9 @@ def test_face_reward_gamma_and_components_needed(cast):
     assert float(b["face"][0]) == pytest.approx(float(b["face_min"][0]))
     with pytest.raises(InputError, match="needs components"):
         build_reward("composite", parts=[build_reward("face")])
+    with pytest.raises(InputError, match="binding"):  # a part set with no binding scorer refuses w_bind > 0
+        build_reward("composite", parts=[build_reward("face"), build_reward("subject"), build_reward("aesthetic"),
+                                         build_reward("natural")], composite_weights=CompositeWeights(binding=0.2))
     with pytest.raises(InputError, match="unknown reward"):
         build_reward("beauty")
 

@@ -46,3 +46,20 @@ def test_rl_experiment_refuses_a_wrong_recipe_before_any_work(tmp_path, args, me
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "exp").exists()  # nothing made
+
+
+@pytest.mark.parametrize("argv", [
+    ["grpo", "--recipe", "sprites-latent", "data.ref_size=36"],  # RL data drawn at the pixel model's size
+    ["sft", "--recipe", "sprites", f"model.init_pipeline={ROOT / 'assets/checkpoints/sprites-latent'}"],
+])
+def test_trainers_refuse_references_of_another_size_than_the_model(tmp_path, argv):
+    """The check at the trainers' depth (builder.check_reference_size): a continued pipeline's own
+    reference size wins over the recipe's, and data at another size is refused, not resampled."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "idcrafter.train.cli", *argv, "--run-dir", str(tmp_path / "run"),
+                          "train.steps=1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "data.ref_size=" in res.stderr and "takes 40 px references" in res.stderr
+    assert not (tmp_path / "run").exists()

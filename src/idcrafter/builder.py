@@ -150,6 +150,17 @@ def build_model_pipeline(cfg: ModelConfig, frozen: tuple | None = None) -> "IDCr
     return pipe
 
 
+def check_reference_size(pipe: "IDCrafterPipeline", ref_size: int) -> None:
+    """Refuse data whose references are drawn at another size than the model takes. The pipeline
+    would resize them (`prepare_reference`) and train or roll out on resampled references the
+    model never saw; with `model.init_pipeline` the size is the saved pipeline's, not
+    `model.reference_size`."""
+    size = int(pipe.config.reference_size)
+    if int(ref_size) != size:
+        raise InputError(f"data.ref_size={ref_size} but the model takes {size} px references: set "
+                         f"data.ref_size={size} (with model.init_pipeline, the size in its model_index.json)")
+
+
 def build_vlm(cfg: ModelConfig):
     """The frozen Qwen2.5-VL grounder of `vlm_path` ("tiny": random, SpriteWorld words), or None."""
     if not cfg.vlm_path:

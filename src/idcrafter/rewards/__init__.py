@@ -14,7 +14,7 @@ components and their composite.
 | `aesthetic` | aesthetic, aesthetic_raw | sprites, clip (+ LAION MLP) |
 | `natural` | natural, natural_raw | sprites, qwen (local VLM), endpoint (OpenAI-compatible) |
 | `copy_paste` | copy_paste, copy_paste_mean | sprites, faces |
-| `judge` | all of the above from one SpriteWorld judge pass, + judge_total | sprites |
+| `judge` | all of the above from one SpriteWorld judge pass, + binding, action, judge_total | sprites |
 | `composite` | composite, fidelity, quality, face + its parts' | presets sprites, real |
 
 The combination maths are pure functions in `idcrafter.rewards.composite`.

@@ -1,6 +1,6 @@
 """ID-Crafter's composite reward: the combination maths (pure functions) and the reward class.
 
-    R      = w_fid R_fid + w_qual R_qual - w_cp P_cp
+    R      = w_fid R_fid + w_qual R_qual + w_bind R_bind - w_cp P_cp
     R_fid  = (1 - alpha) R_face + alpha R_subject            alpha = 0.5
     R_face = (1 - gamma) mean_k R_id^k + gamma min_k R_id^k   gamma = 0.5
     R_qual = (1 - beta) R_aes + beta R_nat                   beta = 0.4
@@ -10,6 +10,13 @@ Departure from the paper: the copy-paste penalty P_cp (in [0, 1]: how much a ref
 pasted unchanged and still) with weight w_cp = 0.2 by default. The paper has no such term and
 reports copy-paste artefacts; a policy maximising fidelity alone learns to paste references
 (issue 12), so the default keeps a penalty; `CompositeWeights.paper()` sets w_cp = 0.
+
+Second departure, off by default (w_bind = 0): a binding term R_bind in [0, 1], how well each
+reference's subject does what the caption asks of it (the SpriteWorld judge's `binding`). The
+paper's R has no action term; on SpriteWorld every RL arm trained on it traded the subjects'
+asked-for motion for identity (docs/rl.md, session 5: action_acc -0.10 under GRPO), so the
+`grpo_bind` experiment arm sets w_bind > 0. Only the SpriteWorld judge gives `binding`; the real
+preset has no binding scorer and refuses w_bind > 0.
 
 Every function works on floats or on (B,) tensors alike. R_face is computed from the face
 component's `face_mean` and `face_min` (the mean and min over subjects), which is exactly the
@@ -35,6 +42,7 @@ class CompositeWeights:
     natural_share: float = 0.4  # beta: R_qual = (1 - beta) R_aes + beta R_nat
     gamma: float = 0.5  # R_face = (1 - gamma) mean + gamma min
     copy_paste: float = 0.2  # w_cp (not in the paper; module docstring)
+    binding: float = 0.0  # w_bind (not in the paper; module docstring)
 
     def __post_init__(self) -> None:
         for k, v in asdict(self).items():
@@ -72,24 +80,29 @@ def quality_reward(aesthetic: Any, natural: Any, natural_share: float = 0.4) -> 
 
 
 def composite_reward(face_mean: Any, face_min: Any, subject: Any, aesthetic: Any, natural: Any,
-                     copy_paste: Any = 0.0, weights: CompositeWeights = CompositeWeights()) -> dict[str, Any]:
+                     copy_paste: Any = 0.0, weights: CompositeWeights = CompositeWeights(),
+                     binding: Any = 0.0) -> dict[str, Any]:
     """{"composite", "fidelity", "quality", "face"} from the components (floats or tensors)."""
     face = face_reward(face_mean, face_min, weights.gamma)
     fid = fidelity_reward(face, subject, weights.subject_share)
     qual = quality_reward(aesthetic, natural, weights.natural_share)
-    total = weights.fidelity * fid + weights.quality * qual - weights.copy_paste * copy_paste
+    total = (weights.fidelity * fid + weights.quality * qual + weights.binding * binding
+             - weights.copy_paste * copy_paste)
     return {"composite": total, "fidelity": fid, "quality": qual, "face": face}
 
 
 #: components the composite reads from its parts
-INPUTS = ("face_mean", "face_min", "subject", "aesthetic", "natural", "copy_paste")
+INPUTS = ("face_mean", "face_min", "subject", "aesthetic", "natural", "copy_paste", "binding")
+#: optional inputs and the weight that makes each needed
+OPTIONAL = {"copy_paste": "copy_paste", "binding": "binding"}
 
 
 class CompositeReward(Reward):
     """R from component rewards. `parts` are reward instances; each input component is taken
     from the first part that gives it (so one SpriteWorld `JudgeReward` can give them all in one
     pass). A sample whose inputs are not all valid gets `fill` and `valid` False for the
-    composite; a part whose weight is 0 is not needed (copy-paste at w_cp = 0)."""
+    composite; a part whose weight is 0 is not needed (copy-paste at w_cp = 0, binding at
+    w_bind = 0)."""
 
     name = "composite"
     components = ("composite", "fidelity", "quality", "face")
@@ -100,7 +113,8 @@ class CompositeReward(Reward):
         super().__init__(device, weights, fill)
         self.composite_weights = composite_weights or CompositeWeights()
         self.parts = list(parts) if parts is not None else default_parts(preset, device, weights, **part_options)
-        needed = [c for c in INPUTS if not (c == "copy_paste" and self.composite_weights.copy_paste == 0)]
+        w = self.composite_weights
+        needed = [c for c in INPUTS if c not in OPTIONAL or getattr(w, OPTIONAL[c]) > 0]
         given = {c for p in self.parts for c in p.components}
         missing = [c for c in needed if c not in given]
         if missing:
@@ -116,8 +130,9 @@ class CompositeReward(Reward):
         assert out is not None
         w = self.composite_weights
         cp = out.values["copy_paste"] if "copy_paste" in self.needed else 0.0
+        bind = out.values["binding"] if "binding" in self.needed else 0.0
         parts = composite_reward(out["face_mean"], out["face_min"], out["subject"], out["aesthetic"],
-                                 out["natural"], cp, w)
+                                 out["natural"], cp, w, bind)
         ok = out.all_valid(self.needed)
         values = {k: torch.where(ok, v.float(), torch.full_like(v.float(), self.fill)) for k, v in parts.items()}
         valid = {k: ok.clone() for k in values}

@@ -61,11 +61,14 @@ class JudgeReward(Reward):
     face / face_mean / face_min / leakage (as `FaceReward`), `subject` (mean over subjects of
     the whole-subject similarity), `aesthetic` (the judge's quality), `natural` (its
     plausibility), `copy_paste` (the worst subject: max over references, so one pasted subject
-    among several is penalised fully) and `judge_total` (the judge's total)."""
+    among several is penalised fully), `binding` (each reference's subject doing what the caption
+    asks of it: the judge's half-mean-half-min over subjects; 1 when the caption asks nothing,
+    since then nothing can be contradicted and a constant moves no advantage), `action` (the
+    judge's action_acc, for logs) and `judge_total` (the judge's total)."""
 
     name = "judge"
     components = ("face", "face_mean", "face_min", "leakage", "subject", "aesthetic", "natural", "copy_paste",
-                  "judge_total")
+                  "binding", "action", "judge_total")
 
     def __init__(self, device: str | torch.device = "cpu", weights: str | Path | None = None, gamma: float = 0.5,
                  fill: float = 0.0, scorer: Any = None):
@@ -80,6 +83,8 @@ class JudgeReward(Reward):
         m = report.metrics
         out = face_components(report, self.gamma)
         cp = _per_subject(report, "copy_paste")
+        asked = m.get("binding") is not None
         out.update(subject=float(np.mean(_per_subject(report, "subject_sim"))), aesthetic=m.get("quality"),
-                   natural=m.get("natural"), copy_paste=float(max(cp)), judge_total=m.get("total"))
+                   natural=m.get("natural"), copy_paste=float(max(cp)), judge_total=m.get("total"),
+                   binding=float(m["binding"]) if asked else 1.0, action=m.get("action_acc") if asked else 1.0)
         return out

@@ -27,6 +27,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
+from idcrafter.builder import check_reference_size
 from idcrafter.rl import rollout as R
 from idcrafter.rl import schedule
 from idcrafter.rl.policy import Reference, rl_trainable
@@ -58,6 +59,7 @@ class RLTrainer(Engine):
         self._refuse_sharding()
         cfg = self.cfg
         pipe = cfg.model.build()
+        check_reference_size(pipe, cfg.data.ref_size)
         trainable = rl_trainable(pipe.transformer, cfg.train)
         self.setup_model(pipe, trainable, wrap=False)
         self.reference = Reference(self.model, self.trainable, cfg.train.mode)

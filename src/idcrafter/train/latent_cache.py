@@ -92,6 +92,7 @@ def build_latent_cache(cfg: "Config", out: str | Path, shard_size: int = 2048, b
     Resumable: complete shards are kept; `cache.json` is written when every shard exists."""
     from tqdm import tqdm
 
+    from idcrafter.builder import check_reference_size
     from idcrafter.conditioning import ConditionEncoder
     from idcrafter.train import checkpoint as ckpt
     from idcrafter.train.data import build_source, collate
@@ -114,6 +115,7 @@ def build_latent_cache(cfg: "Config", out: str | Path, shard_size: int = 2048, b
     out.mkdir(parents=True, exist_ok=True)
     mark_dir(out, "idcrafter train cache-latents")
     pipe = cfg.model.build()
+    check_reference_size(pipe, cfg.data.ref_size)
     pipe.transformer.requires_grad_(False)
     source, enc = build_source(cfg.data), ConditionEncoder(pipe, "cpu", cache_size=0)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.mixed_precision == "bf16")

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from idcrafter.builder import check_reference_size
 from idcrafter.train import losses
 from idcrafter.train.config import Config
 from idcrafter.train.data import Batch, BatchStream, example_seed
@@ -96,6 +97,7 @@ class Trainer(Engine):
         cfg = self.cfg
         self.begin_setup()
         pipe = cfg.model.build()
+        check_reference_size(pipe, cfg.data.ref_size)
         self.setup_model(pipe, setup_trainable(pipe.transformer, cfg.train), wrap=True)
         self.cond = ConditionEncoder(self.pipe, self.device, cfg.train.text_cache_size)
         self.source = cfg.data.build(self.global_batch)
