@@ -93,8 +93,8 @@ def composite_reward(face_mean: Any, face_min: Any, subject: Any, aesthetic: Any
 
 #: components the composite reads from its parts
 INPUTS = ("face_mean", "face_min", "subject", "aesthetic", "natural", "copy_paste", "binding")
-#: optional inputs and the weight that makes each needed
-OPTIONAL = {"copy_paste": "copy_paste", "binding": "binding"}
+#: inputs needed only when their weight (the `CompositeWeights` field of the same name) is > 0
+OPTIONAL = ("copy_paste", "binding")
 
 
 class CompositeReward(Reward):
@@ -114,7 +114,7 @@ class CompositeReward(Reward):
         self.composite_weights = composite_weights or CompositeWeights()
         self.parts = list(parts) if parts is not None else default_parts(preset, device, weights, **part_options)
         w = self.composite_weights
-        needed = [c for c in INPUTS if c not in OPTIONAL or getattr(w, OPTIONAL[c]) > 0]
+        needed = [c for c in INPUTS if c not in OPTIONAL or getattr(w, c) > 0]
         given = {c for p in self.parts for c in p.components}
         missing = [c for c in needed if c not in given]
         if missing:
@@ -129,10 +129,9 @@ class CompositeReward(Reward):
             out = res if out is None else out.merged(res)
         assert out is not None
         w = self.composite_weights
-        cp = out.values["copy_paste"] if "copy_paste" in self.needed else 0.0
-        bind = out.values["binding"] if "binding" in self.needed else 0.0
+        opt = {c: out.values[c] if c in self.needed else 0.0 for c in OPTIONAL}
         parts = composite_reward(out["face_mean"], out["face_min"], out["subject"], out["aesthetic"],
-                                 out["natural"], cp, w, bind)
+                                 out["natural"], weights=w, **opt)
         ok = out.all_valid(self.needed)
         values = {k: torch.where(ok, v.float(), torch.full_like(v.float(), self.fill)) for k, v in parts.items()}
         valid = {k: ok.clone() for k in values}
