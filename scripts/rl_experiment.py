@@ -3,9 +3,9 @@ then the reward ablations; every arm evaluated on held-out casts by judge v2 and
 
     .venv/bin/python scripts/rl_experiment.py --generator assets/checkpoints/sprites-latent --out runs/rl-exp \\
         [--recipe sprites-latent] [--iterations 300] \\
-        [--arms sft,dpo,grpo,grpo_cps,grpo_learned,grpo_bind,grpo_bind_mix,nft,nft_bind,no_fid,no_qual,no_nat,mean_face] \\
+        [--arms sft,dpo,grpo,grpo_cps,grpo_learned,grpo_bind,grpo_bind_mix,grpo_fixed4,grpo_lr5,nft,nft_bind,no_fid,no_qual,no_nat,mean_face] \\
         [--run grpo=runs/rl-grpo ...] [--reward-model runs/rm-sprites/reward_model] [--eval-n 32] \\
-        [--threads 1] [--set monitor.every=0 ...] [--no-train]
+        [--threads 1] [--set monitor.every=0 ...] [--no-train] [--eval-sampler cps [--eval-noise-level 0.8]]
 
 Every arm is an `idcrafter train ...` run in `<out>/<arm>` (or the folder given by `--run ARM=DIR`)
 started from `--generator` with the `--recipe` of its trainer (`sprites-latent`, or `sprites` for
@@ -22,6 +22,10 @@ seeds 0.., `--eval-steps` Euler steps, guidance `--cfg`), once: the clips are ke
 `<out>/eval/<arm>.npz`, and each scorer that can be built -- `sprites` (judge v2) and `sprites-audit`
 (the audit judge) -- scores them into `<out>/eval/<arm>.json` (per case). A scorer missing now (the
 audit judge before it ships) is added by a later run of the script without generating again.
+`--eval-sampler flow|cps` samples the held-out clips with an RL rollout sampler instead (step noise
+seeded per case) into `<out>/eval-<sampler><level>/` and `results-<sampler><level>.md`: with the
+rollouts' own steps and guidance it measures what a policy learned under its training noise, beside
+the ODE figures a user gets.
 Reported (`<out>/results.md`, `results.json`): per arm the mean of each metric and, for the RL arms,
 the paired difference to SFT on the same casts with its standard error. Curves (`<out>/curves.png`):
 the training reward (running mean of 5 iterations) against cumulative iteration time (the sum of
@@ -67,6 +71,11 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     # noise, so rollouts stay near the ODE samples evaluation draws (docs/rl.md, session 6)
     "grpo_bind_mix": ("grpo", ['reward.options={"preset": "sprites", "composite_weights": {"binding": 0.3}}',
                                "rollout.window_size=4", "rollout.window_slide_every=10", "rollout.noise_level=0.5"]),
+    # the optimiser check on the real reward: four training casts, cycled (each seen every other
+    # iteration); scored on those casts with new noise by scripts/rl_train_casts.py --limit 4
+    "grpo_fixed4": ("grpo", ["data.limit=4"]),
+    # after grpo.min_std the ratio moves by ~5e-4 per iteration, never near the 0.01 clip: a 5x step
+    "grpo_lr5": ("grpo", ["optim.lr=0.005"]),
 }
 
 
@@ -164,17 +173,54 @@ def generate(pipeline: Path, npz: Path, args, truth: bool = False):
     if npz.is_file():
         with np.load(npz) as z:
             if list(z["keys"]) == [c.key for c in cases] and int(z["steps"]) == args.eval_steps \
-                    and float(z["cfg"]) == args.cfg and str(z["pipeline"]) == str(pipeline):
+                    and float(z["cfg"]) == args.cfg and str(z["pipeline"]) == str(pipeline) \
+                    and (str(z["sampler"]) if "sampler" in z.files else "ode") == sampler_name(args) \
+                    and (str(z["weights"]) == weights_version(pipeline) if "weights" in z.files
+                         else not newer_than(pipeline, npz)):
                 return cases, list(z["clips"])
-    settings = GenerationSettings(steps=args.eval_steps, guidance=args.cfg, batch_size=args.eval_batch)
+    settings = GenerationSettings(steps=args.eval_steps, guidance=args.cfg, batch_size=args.eval_batch,
+                                  sampler=args.eval_sampler, noise_level=args.eval_noise_level)
     clips = [res.frames for res in generate_and_score(pipe, cases, settings, None, progress=True, desc=npz.stem)]
     import io
 
     buf = io.BytesIO()
     np.savez_compressed(buf, clips=np.stack(clips), keys=np.array([c.key for c in cases]), steps=args.eval_steps,
-                        cfg=args.cfg, pipeline=str(pipeline))
+                        cfg=args.cfg, pipeline=str(pipeline), sampler=sampler_name(args),
+                        weights=weights_version(pipeline))
     atomic_write_bytes(npz, buf.getvalue())
     return cases, clips
+
+
+def sampler_name(args) -> str:
+    """The held-out sampler as a tag: "ode", or e.g. "cps0.8" (a rollout sampler with its level)."""
+    from idcrafter.sampling import DEFAULT_NOISE_LEVEL
+
+    if args.eval_sampler == "ode":
+        return "ode"
+    level = DEFAULT_NOISE_LEVEL[args.eval_sampler] if args.eval_noise_level is None else args.eval_noise_level
+    return f"{args.eval_sampler}{level:g}"
+
+
+def eval_folder_name(args) -> str:
+    """`eval` for the ODE evaluation, `eval-<sampler>` for a stochastic one (both kept)."""
+    return "eval" if args.eval_sampler == "ode" else f"eval-{sampler_name(args)}"
+
+
+def weights_version(pipeline: Path) -> str:
+    """A hash of the pipeline's transformer weights: a run extended or retrained in the same folder
+    exports new weights, and its kept clips and figures must not be reused."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted((pipeline / "transformer").glob("*.safetensors")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def newer_than(pipeline: Path, path: Path) -> bool:
+    """Whether the pipeline's weights were written after `path` (legacy figures without a weights key)."""
+    files = list((pipeline / "transformer").glob("*.safetensors"))
+    return not path.is_file() or any(f.stat().st_mtime > path.stat().st_mtime for f in files)
 
 
 def scorer_version(name: str) -> str:
@@ -202,12 +248,17 @@ def evaluate_arm(arm: str, pipeline: Path, args, truth: bool = False) -> dict[st
     from idcrafter.scorers import build_scorer
     from idcrafter.utils.io import atomic_write_json, ensure_dir
 
-    folder = ensure_dir(args.out / "eval")
+    folder = ensure_dir(args.out / eval_folder_name(args))
     path = folder / f"{arm}.json"
     done = json.loads(path.read_text()) if path.is_file() else {}
     key = {"n": args.eval_n, "steps": args.eval_steps, "cfg": args.cfg, "pipeline": str(pipeline)}
-    if done.get("settings") != key:
+    if args.eval_sampler != "ode":  # ODE evaluations written before the option keep their key
+        key["sampler"] = sampler_name(args)
+    key["weights"] = "truth" if truth else weights_version(pipeline)
+    legacy = {k: v for k, v in key.items() if k != "weights"}  # figures written before weights were keyed
+    if done.get("settings") != key and not (done.get("settings") == legacy and not newer_than(pipeline, path)):
         done = {"settings": key}
+    done["settings"] = key
     todo = [s for s in SCORERS if s not in done or done[s].get("version") != scorer_version(s)]
     if not todo:
         return done
@@ -288,7 +339,8 @@ def time_to_reach(points: list[tuple[float, float]], target: float, k: int = 5) 
 
 
 # ------------------------------------------------------------------ report
-def write_report(out: Path, evals: dict, curves: dict, cpu_curves: dict, summary: dict) -> None:
+def write_report(out: Path, evals: dict, curves: dict, cpu_curves: dict, summary: dict, tag: str = "") -> None:
+    """`results<tag>.md` / `.json` and `curves.png` in `out` (`tag`: the held-out sampler's, if not ODE)."""
     from idcrafter.utils.io import atomic_write_json, atomic_write_text
 
     lines = []
@@ -322,11 +374,11 @@ def write_report(out: Path, evals: dict, curves: dict, cpu_curves: dict, summary
                          f"training reward (running mean of 5) {first:.3f} at iteration {min(5, len(pts))} -> "
                          f"{last:.3f}")
     lines += [f"- {k}: {v:.3f}" for k, v in summary.items()]
-    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
-    atomic_write_json(out / "results.json", {"results": {a: {s: e[s]["mean"] for s in SCORERS if s in e}
+    atomic_write_text(out / f"results{tag}.md", "\n".join(lines) + "\n")
+    atomic_write_json(out / f"results{tag}.json", {"results": {a: {s: e[s]["mean"] for s in SCORERS if s in e}
                                                          for a, e in evals.items()},
                                              "curves": curves, "cpu_curves": cpu_curves, "summary": summary})
-    print((out / "results.md").read_text())
+    print((out / f"results{tag}.md").read_text())
     if any(curves.values()):
         plot_curves(out / "curves.png", curves, cpu_curves)
 
@@ -373,6 +425,10 @@ def main() -> None:
     ap.add_argument("--eval-steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=2.5)
     ap.add_argument("--eval-batch", type=int, default=8, help="held-out cases sampled together")
+    ap.add_argument("--eval-sampler", default="ode", choices=("ode", "flow", "cps"),
+                    help="held-out sampler: ode (Euler), or an RL rollout sampler, to measure what a policy "
+                         "learned under its rollouts' noise")
+    ap.add_argument("--eval-noise-level", type=float, default=None, help="the stochastic sampler's level")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-train", action="store_true", help="only evaluate complete runs")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -386,6 +442,13 @@ def main() -> None:
         fail(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
     if args.eval_n < 2 or args.iterations < 1:
         fail("--eval-n must be >= 2 and --iterations >= 1")
+    from idcrafter.errors import InputError
+    from idcrafter.sampling import sampler_kwargs
+
+    try:
+        sampler_kwargs(args.eval_sampler, args.eval_noise_level, None)
+    except InputError as exc:
+        fail(f"--eval-noise-level: {exc}")
     check_recipe(args.recipe, args.generator, {ARMS[a][0] for a in arms} - {"none"})
     dirs = {arm: args.out / arm for arm in arms}
     for item in args.run:
@@ -423,7 +486,8 @@ def main() -> None:
                 t = time_to_reach(cs[fast], finals[slow])
                 if t is not None:
                     summary[f"{fast}_reaches_{slow}_final_at_fraction_of_{slow}_{clock}_time"] = t / cs[slow][-1][0]
-    write_report(args.out, evals, curves, cpu_curves, summary)
+    write_report(args.out, evals, curves, cpu_curves, summary,
+                 "" if args.eval_sampler == "ode" else f"-{sampler_name(args)}")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,36 @@ def test_generation_does_not_depend_on_batching(pipe_dir):
     assert np.array_equal(to_uint8(direct), one[0])  # the loop samples exactly what the pipeline does
 
 
+def test_stochastic_sampling_is_seeded_per_case_and_eta_zero_is_the_ode(pipe_dir):
+    """The held-out loop can sample as RL rollouts do (CPS / Flow-GRPO SDE): the step noise is
+    seeded by each case, so a clip does not depend on its batch; CPS at eta 0 is exactly Euler."""
+    from idcrafter import sampling
+    from idcrafter.pipeline import IDCrafterPipeline
+    from idcrafter.world.dataset import make_example
+
+    pipe = R.load_generator(pipe_dir)
+    exs = [make_example(2, i, "heldout", num_subjects=1 + i) for i in range(2)]
+    cases = [Case(f"c{i}", e.caption, list(e.refs), seed=5 + i, size=(3, 48, 48)) for i, e in enumerate(exs)]
+    ode = generate(pipe, cases, GenerationSettings(steps=4))
+    eta0 = generate(pipe, cases, GenerationSettings(steps=4, sampler="cps", noise_level=0.0))
+    for a, b in zip(ode, eta0):
+        assert np.array_equal(a, b)
+    one = generate(pipe, cases, GenerationSettings(steps=4, sampler="cps"))
+    two = generate(pipe, cases, GenerationSettings(steps=4, sampler="cps", batch_size=2))
+    for a, b, o in zip(one, two, ode):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # the same step noise per case
+        assert np.abs(a.astype(int) - o.astype(int)).max() > 2  # and it is noise, not Euler
+    flow = generate(pipe, cases[:1], GenerationSettings(steps=4, sampler="flow"))
+    assert np.abs(flow[0].astype(int) - one[0].astype(int)).max() > 2
+    assert sampling.sampler_kwargs("cps", 0.5, None)["noise_level"] == 0.5
+    for bad in (dict(sampler="sde"), dict(sampler="ode", noise_level=0.5), dict(sampler="cps", noise_level=1.5),
+                dict(sampler="flow", noise_level=float("nan"))):
+        with pytest.raises(InputError):
+            GenerationSettings(**bad)
+    with pytest.raises(InputError):
+        IDCrafterPipeline.__call__(pipe, "a", [exs[0].refs[0]], sampler="euler")
+
+
 # ---------------------------------------------------------------------- OpenS2V, --videos mode
 def _img(path: Path, image: np.ndarray) -> None:
     from PIL import Image

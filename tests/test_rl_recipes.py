@@ -63,3 +63,44 @@ def test_trainers_refuse_references_of_another_size_than_the_model(tmp_path, arg
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "data.ref_size=" in res.stderr and "takes 40 px references" in res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_rl_experiment_regenerates_held_out_clips_when_the_weights_or_sampler_change(tmp_path, monkeypatch):
+    """The experiment keeps each arm's held-out clips; a run extended in the same folder exports new
+    weights, and a stochastic evaluation samples otherwise: neither may reuse the kept clips."""
+    import argparse
+    import shutil
+
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    import idcrafter.generation as G
+    from script_support import load_script
+
+    exp = load_script("rl_experiment")
+    pipe_dir = tmp_path / "pipe"
+    shutil.copytree(ROOT / "assets/checkpoints/sprites-latent", pipe_dir)
+    calls = []
+
+    def fake(pipe, cases, settings, *a, **k):  # no sampling: one recognisable clip per case
+        calls.append(settings.sampler)
+        for c in cases:
+            yield G.CaseResult(case=c, frames=np.full((5, 48, 48, 3), len(calls), np.uint8))
+
+    monkeypatch.setattr(G, "generate_and_score", fake)
+    args = argparse.Namespace(eval_n=2, eval_steps=2, cfg=1.0, eval_batch=2, eval_sampler="ode",
+                              eval_noise_level=None)
+    npz = tmp_path / "arm.npz"
+    _, first = exp.generate(pipe_dir, npz, args)
+    _, again = exp.generate(pipe_dir, npz, args)
+    assert calls == ["ode"] and np.array_equal(first[0], again[0])  # kept, not sampled twice
+    weights = next((pipe_dir / "transformer").glob("*.safetensors"))
+    state = load_file(str(weights))
+    name = next(iter(state))
+    state[name] = state[name] + 1
+    save_file(state, str(weights))  # the run was extended: new weights in the same folder
+    _, third = exp.generate(pipe_dir, npz, args)
+    assert calls == ["ode", "ode"] and third[0][0, 0, 0, 0] == 2
+    args.eval_sampler = "cps"
+    exp.generate(pipe_dir, npz, args)
+    assert calls == ["ode", "ode", "cps"] and exp.eval_folder_name(args) == "eval-cps0.8"

@@ -154,6 +154,36 @@ def grpo_cfg(*overrides):
     return apply_overrides(rl_recipe("grpo", "debug"), [*FAST, *overrides])
 
 
+@pytest.mark.parametrize("sde_type", ["flow", "cps"])
+def test_step_std_is_the_std_each_step_draws_with(sde_type):
+    sig = sampling.sigma_schedule(10, 3.0)
+    x = torch.randn(1, 2, 1, 3, 3)
+    for i in range(10):
+        step = sampling.stochastic_step(sde_type)(torch.randn_like(x), float(sig[i]), float(sig[i + 1]), x,
+                                                  noise_level=0.6)
+        assert sampling.step_std(sde_type, float(sig[i]), float(sig[i + 1]), 0.6) == pytest.approx(
+            float(step.std.flatten()[0]), rel=1e-5, abs=1e-7)
+    # CPS's step into the smallest sigma is nearly deterministic, the flow SDE's is not
+    assert sampling.step_std("cps", float(sig[8]), float(sig[9])) < 0.01 < sampling.step_std("flow", float(sig[8]),
+                                                                                             float(sig[9]))
+
+
+def test_grpo_never_trains_a_nearly_deterministic_step(tmp_path, monkeypatch):
+    """CPS's step into sigma_min (std 0.008) is left out of the trained steps: its 1/std^2 log-prob
+    and KL would set the update. grpo.min_std=0 trains it again; the flow SDE keeps every step."""
+    seen = []
+    real = schedule.trained_steps
+    monkeypatch.setattr(schedule, "trained_steps", lambda steps, f, g: seen.append(list(steps)) or real(steps, f, g))
+    GRPOTrainer(grpo_cfg("rollout.sde_type=cps"), tmp_path / "a").train()
+    GRPOTrainer(grpo_cfg("rollout.sde_type=cps", "grpo.min_std=0"), tmp_path / "b").train()
+    GRPOTrainer(grpo_cfg("rollout.sde_type=flow"), tmp_path / "c").train()
+    assert seen == [[0, 1, 2, 3], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
+    with pytest.raises(InputError, match="min_std"):
+        GRPOTrainer(grpo_cfg("grpo.min_std=5"), tmp_path / "d").train()
+    with pytest.raises(InputError, match="min_std"):
+        grpo_cfg("grpo.min_std=-1").validate()
+
+
 @pytest.mark.parametrize("overrides", [
     ["train.mode=lora", "train.lora_rank=4", "grpo.beta=0.04"],
     ["train.mode=full", "grpo.beta=0.04", "rollout.guidance=2.5", "rollout.sde_type=cps", "grpo.guard=true"],

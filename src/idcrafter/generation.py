@@ -54,10 +54,18 @@ class GenerationSettings:
     guide_references: bool = True  # False: references stay in guidance's unconditional branch
     negative_prompt: str = ""
     batch_size: int = 1  # cases of equal size sampled together
+    sampler: str = "ode"  # or an RL rollout sampler, "flow" / "cps" (step noise seeded per case)
+    noise_level: float | None = None  # the stochastic sampler's (None = its default)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise InputError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        from idcrafter.sampling import sampler_kwargs
+
+        sampler_kwargs(self.sampler, self.noise_level, None)  # an unknown sampler or level is refused here
+
+
+SDE_SEED_OFFSET = 7_919  # a case's step noise is seeded apart from its initial noise
 
 
 @dataclass
@@ -129,8 +137,10 @@ def generate_batch(pipe, cases: Sequence[Case], settings: GenerationSettings,
         video = pipe([c.prompt for c in cases], [list(c.references) for c in cases], height=h2, width=w2,
                      num_frames=f2, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
                      negative_prompt=settings.negative_prompt, latents=latents,
-                     guide_references=settings.guide_references,
-                     callback=callback).frames  # (B, T, H, W, 3) in [0, 1]
+                     guide_references=settings.guide_references, callback=callback,
+                     sampler=settings.sampler, noise_level=settings.noise_level,
+                     noise_generator=[torch.Generator().manual_seed(int(c.seed) + SDE_SEED_OFFSET) for c in cases],
+                     ).frames  # (B, T, H, W, 3) in [0, 1]
     return list(to_uint8(video))
 
 

@@ -232,16 +232,23 @@ class IDCrafterPipeline(DiffusionPipeline):
                  num_inference_steps: int = 50, guidance_scale: float = 2.5, negative_prompt: str = "",
                  generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
                  output_type: str = "np", return_dict: bool = True, guide_references: bool = True,
-                 callback: Callable[[int, int], None] | None = None):
+                 callback: Callable[[int, int], None] | None = None, sampler: str = "ode",
+                 noise_level: float | None = None,
+                 noise_generator: torch.Generator | Sequence[torch.Generator] | None = None):
         """Generate videos. `reference_images` is one list per prompt (or one list for one prompt).
         `guide_references=False` keeps the references in guidance's unconditional branch (see
-        `encode_conditions`); `callback(i, N)` runs after each denoising step (see `denoise`)."""
+        `encode_conditions`); `callback(i, N)` runs after each denoising step (see `denoise`).
+        `sampler`: "ode" (Euler, the default) or a stochastic sampler of RL rollouts, "flow"
+        (Flow-GRPO's SDE) or "cps", with `noise_level` and the step noise drawn from
+        `noise_generator` (one per prompt for per-sample reproducibility); sampling as a policy
+        was trained shows what an RL policy learned under its rollouts' noise."""
         if not isinstance(prompt, (str, list, tuple)):
             raise InputError(f"prompt must be text or a list of texts, got {type(prompt).__name__}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         refs = [list(reference_images)] if isinstance(prompt, str) else [list(r) for r in reference_images]
         if output_type not in ("np", "pil", "pt", "latent"):
             raise InputError(f"output_type must be 'np', 'pil', 'pt' or 'latent', got {output_type!r}")
+        sample_kw = sampling.sampler_kwargs(sampler, noise_level, noise_generator)
         from idcrafter.validation import check_generation
 
         check_generation(prompts, refs, num_inference_steps, guidance_scale, self.transformer.config.max_subjects,
@@ -251,7 +258,8 @@ class IDCrafterPipeline(DiffusionPipeline):
         shape = (len(prompts), *self.codec.latent_shape(f, h, w))
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self._execution_device)
-        out = self.denoise(cond, latents, num_inference_steps, guidance_scale, callback=callback).latents
+        out = self.denoise(cond, latents, num_inference_steps, guidance_scale, callback=callback,
+                           **sample_kw).latents
         if output_type != "latent":
             video = self.codec.decode(out).clamp(-1, 1).add(1).div(2)  # (B, 3, F, H, W) in [0, 1]
             out = video if output_type == "pt" else video.permute(0, 2, 3, 4, 1).cpu().float().numpy()

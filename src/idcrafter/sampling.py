@@ -270,6 +270,35 @@ def stochastic_step(sde_type: SDEType) -> Callable[..., SDEStep]:
     return steps[sde_type]
 
 
+def step_std(sde_type: SDEType, sigma: float, sigma_next: float, noise_level: float | None = None) -> float:
+    """The noise std of a stochastic step from ``sigma`` to ``sigma_next`` (0 for a step ending at
+    sigma 0, which is Euler): the ``std`` of :func:`sde_step_with_logprob` ("flow") or
+    :func:`cps_step_with_logprob` ("cps"), without a velocity. CPS's std is ``s' sin(eta pi/2)``,
+    so its step into the schedule's smallest sigma (0.0089 at shift 3) is nearly deterministic."""
+    level = DEFAULT_NOISE_LEVEL[sde_type] if noise_level is None else noise_level
+    stochastic_step(sde_type)  # an unknown type is refused
+    if sigma_next <= 0:
+        return 0.0
+    if sde_type == "cps":
+        return sigma_next * math.sin(level * math.pi / 2)
+    denom = max(1 - (sigma_next if sigma >= 1 else sigma), _TINY)
+    return level * math.sqrt(sigma / denom) * math.sqrt(max(sigma - sigma_next, 0.0))
+
+
+def sampler_kwargs(sampler: str, noise_level: float | None,
+                   generator: torch.Generator | Sequence[torch.Generator] | None) -> dict:
+    """`sample`'s keywords for a sampler name: "ode", "flow" or "cps"."""
+    if sampler == "ode":
+        if noise_level is not None:
+            raise InputError("noise_level applies to a stochastic sampler (flow or cps), not to ode")
+        return {}
+    if sampler not in ("flow", "cps"):
+        raise InputError(f"sampler must be ode, flow or cps, got {sampler!r}")
+    if noise_level is not None and not (math.isfinite(noise_level) and 0 <= noise_level <= 1):
+        raise InputError(f"noise_level must be in [0, 1], got {noise_level}")
+    return {"mode": "sde", "sde_type": sampler, "noise_level": noise_level, "generator": generator}
+
+
 # --------------------------------------------------------------------------------------------
 # Classifier-free guidance
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ iterations, `data.batch_size` is unused (rollout batches are `rollout.batch_size
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,12 +114,16 @@ class GRPOConfig:
     the reference (LoRA: the adapter disabled; full: the initial weights); `timestep_fraction`:
     share of the SDE steps trained each iteration (a random subset, the same for every sample);
     `guard`: GRPO-Guard's ratio re-centring and 1/|dt| step weights; `inner_epochs`: passes over
-    the rollouts; `updates`: optimizer steps per pass (the micro-batches split evenly)."""
+    the rollouts; `updates`: optimizer steps per pass (the micro-batches split evenly);
+    `min_std`: SDE steps whose noise std is below it are never trained (CPS's step into the
+    schedule's smallest sigma has std 0.008: its exact log-density and KL scale as 1/std^2 and
+    drowned every other step's gradient, see `grpo.py`)."""
 
     clip_range: float = 1e-3
     beta: float = 0.004
     timestep_fraction: float = 0.9
     guard: bool = False
+    min_std: float = 0.02
     inner_epochs: int = 1
     updates: int = 1
     drop_zero_groups: bool = True
@@ -130,6 +135,8 @@ class GRPOConfig:
             raise InputError(f"grpo.timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
         if self.inner_epochs < 1 or self.updates < 1:
             raise InputError("grpo.inner_epochs and grpo.updates must be >= 1")
+        if not (self.min_std >= 0 and math.isfinite(self.min_std)):
+            raise InputError(f"grpo.min_std must be a finite number >= 0, got {self.min_std}")
 
 
 @dataclass

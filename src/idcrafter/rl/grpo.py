@@ -14,6 +14,13 @@ KL_b compares the step means of the policy and of the reference (the LoRA adapte
 the starting weights for full fine-tuning). The first optimizer step of an iteration sees exactly
 the rollout's numbers: `ratio_mean_first` is 1 and `kl_first` is 0 (a porting check).
 
+Steps whose noise std is below `grpo.min_std` (default 0.02) are never trained. With CPS the std
+is s' sin(eta pi / 2), so the step into the schedule's smallest sigma (0.0089 at shift 3) has std
+0.008: its exact log-density and KL grow as 1/std^2, and when trained it carried KL 3-9 per
+element against <= 0.007 at every other step of the sprites-latent runs, so its near-noiseless
+"exploration" set the whole update (measured in docs/rl.md, session 7). flow_grpo's CPS sidesteps
+this by dropping the 1/std^2 from its log-prob; the flow SDE's std there is 0.22 (std depends on s).
+
 Departures from flow_grpo's train scripts: the trained steps are one random subset per iteration
 shared by all samples (flow_grpo trains the first steps of a per-sample permutation); a
 micro-batch is a rollout batch, never regrouped (bitwise ratio 1); flow_grpo's Wan script also
@@ -28,6 +35,7 @@ import torch
 
 from idcrafter import sampling
 from idcrafter.conditioning import conditioned_velocity
+from idcrafter.errors import InputError
 from idcrafter.rl import losses as L
 from idcrafter.rl import schedule
 from idcrafter.rl.rollout import Rollout
@@ -73,10 +81,15 @@ class GRPOTrainer(RLTrainer):
         g = self.cfg.grpo
         if not rollouts:
             return {}
-        sde_steps = rollouts[0].sde_steps
-        steps = schedule.trained_steps(sde_steps, g.timestep_fraction,
-                                       schedule.generator(self.cfg.train.seed, iteration, "steps"))
         sig = rollouts[0].sigmas
+        rc = self.cfg.rollout
+        trainable = [j for j in rollouts[0].sde_steps  # never the nearly deterministic ones (module docstring)
+                     if sampling.step_std(rc.sde_type, float(sig[j]), float(sig[j + 1]), rc.noise_level) >= g.min_std]
+        if not trainable:
+            raise InputError(f"no SDE step of the window has a noise std >= grpo.min_std={g.min_std}: lower "
+                             "grpo.min_std, raise rollout.noise_level or move rollout.window_start earlier")
+        steps = schedule.trained_steps(trainable, g.timestep_fraction,
+                                       schedule.generator(self.cfg.train.seed, iteration, "steps"))
         weights = None
         if g.guard:  # 1/|dt| normalised over the trained steps
             w = L.step_weights(torch.stack([sig[j + 1] - sig[j] for j in steps]))
