@@ -3,7 +3,7 @@ then the reward ablations; every arm evaluated on held-out casts by judge v2 and
 
     .venv/bin/python scripts/rl_experiment.py --generator assets/checkpoints/sprites-latent --out runs/rl-exp \\
         [--recipe sprites-latent] [--iterations 300] \\
-        [--arms sft,dpo,grpo,grpo_cps,grpo_learned,grpo_bind,grpo_bind_mix,grpo_fixed4,grpo_lr5,nft,nft_bind,no_fid,no_qual,no_nat,mean_face] \\
+        [--arms sft,dpo,grpo,grpo_cps,grpo_learned,grpo_bind,grpo_bind_mix,grpo_fixed4,grpo_lr5,grpo_early4,nft,nft_bind,no_fid,no_qual,no_nat,mean_face] \\
         [--run grpo=runs/rl-grpo ...] [--reward-model runs/rm-sprites/reward_model] [--eval-n 32] \\
         [--threads 1] [--set monitor.every=0 ...] [--no-train] [--eval-sampler cps [--eval-noise-level 0.8]]
 
@@ -76,6 +76,9 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "grpo_fixed4": ("grpo", ["data.limit=4"]),
     # after grpo.min_std the ratio moves by ~5e-4 per iteration, never near the 0.01 clip: a 5x step
     "grpo_lr5": ("grpo", ["optim.lr=0.005"]),
+    # SDE on the first 4 of 10 steps only, Euler after: the late steps, where CPS's noise leaves
+    # artefacts GRPO learned to clean up (session 7), are sampled as users sample them
+    "grpo_early4": ("grpo", ["rollout.window_size=4"]),
 }
 
 
