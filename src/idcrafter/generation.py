@@ -139,7 +139,8 @@ def generate_batch(pipe, cases: Sequence[Case], settings: GenerationSettings,
                      negative_prompt=settings.negative_prompt, latents=latents,
                      guide_references=settings.guide_references, callback=callback,
                      sampler=settings.sampler, noise_level=settings.noise_level,
-                     noise_generator=[torch.Generator().manual_seed(int(c.seed) + SDE_SEED_OFFSET) for c in cases],
+                     noise_generator=None if settings.sampler == "ode" else
+                     [torch.Generator().manual_seed(int(c.seed) + SDE_SEED_OFFSET) for c in cases],
                      ).frames  # (B, T, H, W, 3) in [0, 1]
     return list(to_uint8(video))
 
