@@ -173,12 +173,13 @@ def generate(pipeline: Path, npz: Path, args, truth: bool = False):
     cases = held_out(pipe, args)
     if truth:
         return cases, [c.ground_truth for c in cases]
+    version = weights_version(pipeline)
     if npz.is_file():
         with np.load(npz) as z:
             if list(z["keys"]) == [c.key for c in cases] and int(z["steps"]) == args.eval_steps \
                     and float(z["cfg"]) == args.cfg and str(z["pipeline"]) == str(pipeline) \
                     and (str(z["sampler"]) if "sampler" in z.files else "ode") == sampler_name(args) \
-                    and (str(z["weights"]) == weights_version(pipeline) if "weights" in z.files
+                    and (str(z["weights"]) == version if "weights" in z.files
                          else not newer_than(pipeline, npz)):
                 return cases, list(z["clips"])
     settings = GenerationSettings(steps=args.eval_steps, guidance=args.cfg, batch_size=args.eval_batch,
@@ -189,7 +190,7 @@ def generate(pipeline: Path, npz: Path, args, truth: bool = False):
     buf = io.BytesIO()
     np.savez_compressed(buf, clips=np.stack(clips), keys=np.array([c.key for c in cases]), steps=args.eval_steps,
                         cfg=args.cfg, pipeline=str(pipeline), sampler=sampler_name(args),
-                        weights=weights_version(pipeline))
+                        weights=version)
     atomic_write_bytes(npz, buf.getvalue())
     return cases, clips
 
@@ -204,9 +205,14 @@ def sampler_name(args) -> str:
     return f"{args.eval_sampler}{level:g}"
 
 
+def sampler_tag(args) -> str:
+    """"" for the ODE evaluation, "-<sampler><level>" for a stochastic one: the suffix of its eval
+    folder and report, so both are kept side by side."""
+    return "" if args.eval_sampler == "ode" else f"-{sampler_name(args)}"
+
+
 def eval_folder_name(args) -> str:
-    """`eval` for the ODE evaluation, `eval-<sampler>` for a stochastic one (both kept)."""
-    return "eval" if args.eval_sampler == "ode" else f"eval-{sampler_name(args)}"
+    return f"eval{sampler_tag(args)}"
 
 
 def weights_version(pipeline: Path) -> str:
@@ -489,8 +495,7 @@ def main() -> None:
                 t = time_to_reach(cs[fast], finals[slow])
                 if t is not None:
                     summary[f"{fast}_reaches_{slow}_final_at_fraction_of_{slow}_{clock}_time"] = t / cs[slow][-1][0]
-    write_report(args.out, evals, curves, cpu_curves, summary,
-                 "" if args.eval_sampler == "ode" else f"-{sampler_name(args)}")
+    write_report(args.out, evals, curves, cpu_curves, summary, sampler_tag(args))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def main() -> None:
     from idcrafter import sampling
     from idcrafter.pipeline import IDCrafterPipeline
     from idcrafter.rl import losses as L
-    from idcrafter.rl.policy import rl_trainable
+    from idcrafter.rl.policy import Reference, rl_trainable
     from idcrafter.train.config import TrainConfig
     from idcrafter.world.dataset import make_example
     from idcrafter.world.scene import WorldConfig
@@ -56,7 +56,8 @@ def main() -> None:
     torch.set_num_threads(1)
     pipe = IDCrafterPipeline.from_pretrained(cfg["model"]["init_pipeline"])
     pipe.set_progress_bar_config(disable=True)
-    rl_trainable(pipe.transformer, TrainConfig(**cfg["train"]))
+    trainable = rl_trainable(pipe.transformer, TrainConfig(**cfg["train"]))
+    reference = Reference(pipe.transformer, trainable, "lora")  # the adapter disabled, as the trainer's KL
     unexpected = pipe.transformer.load_state_dict(load_file(str(ck / "trainable.safetensors")), strict=False)[1]
     if unexpected:
         fail(f"{ck} holds weights this model does not have ({unexpected[0]}, ...)")
@@ -82,11 +83,8 @@ def main() -> None:
                 x, s, s2 = out.trajectory[j], float(out.sigmas[j]), float(out.sigmas[j + 1])
                 sig = torch.full((1,), s)
                 v = velocity(x, sig)
-                pipe.transformer.disable_adapters()
-                try:
+                with reference.active():
                     v_ref = velocity(x, sig)
-                finally:
-                    pipe.transformer.enable_adapters()
                 a = step(v, s, s2, x, noise_level=level, prev_sample=out.trajectory[j + 1])
                 b = step(v_ref, s, s2, x, noise_level=level, prev_sample=out.trajectory[j + 1])
                 kl = float(L.kl_to_reference(a.mean, b.mean, a.std)[0])

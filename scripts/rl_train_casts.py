@@ -47,7 +47,8 @@ def casts(pipe, run_cfg: dict, n: int, limit: int, data_seed: int) -> list:
 
 def score(pipeline: Path, run_cfg: dict, args) -> dict[str, list[float]]:
     """{component: per-cast values} of `pipeline` on the casts of `args`."""
-    from idcrafter.generation import Case, GenerationSettings, generate
+    from idcrafter.generation import GenerationSettings, generate
+    from idcrafter.heldout import example_case
     from idcrafter.pipeline import IDCrafterPipeline
     from idcrafter.rewards.base import RewardBatch
     from idcrafter.rl.config import RewardConfig
@@ -56,8 +57,7 @@ def score(pipeline: Path, run_cfg: dict, args) -> dict[str, list[float]]:
     pipe = IDCrafterPipeline.from_pretrained(str(pipeline))
     pipe.set_progress_bar_config(disable=True)
     exs = casts(pipe, run_cfg, args.n, args.limit, args.data_seed)
-    cases = [Case(f"c{i}", e.caption, list(e.refs), seed=args.seed + i, size=tuple(e.clip.frames.shape[:3]))
-             for i, e in enumerate(exs)]
+    cases = [example_case(e, f"c{i}", args.seed + i) for i, e in enumerate(exs)]
     ro = run_cfg["rollout"]
     sampler = args.sampler or ("ode" if ro["sde_type"] == "ode" else ro["sde_type"])
     settings = GenerationSettings(steps=int(ro["steps"]), guidance=float(ro["guidance"]), batch_size=8,
