@@ -3,7 +3,7 @@ then the reward ablations; every arm evaluated on held-out casts by judge v2 and
 
     .venv/bin/python scripts/rl_experiment.py --generator assets/checkpoints/sprites-latent --out runs/rl-exp \\
         [--recipe sprites-latent] [--iterations 300] \\
-        [--arms sft,dpo,grpo,grpo_cps,grpo_learned,grpo_bind,grpo_bind_mix,grpo_fixed4,grpo_lr5,grpo_early4,nft,nft_bind,no_fid,no_qual,no_nat,mean_face] \\
+        [--arms sft,dpo,grpo,grpo_cps,grpo_learned,grpo_bind,grpo_bind_mix,grpo_fixed4,grpo_lr5,grpo_early4,grpo_cfg,grpo_use,nft,nft_cps,nft_bind,no_fid,no_qual,no_nat,mean_face] \\
         [--run grpo=runs/rl-grpo ...] [--reward-model runs/rm-sprites/reward_model] [--eval-n 32] \\
         [--threads 1] [--set monitor.every=0 ...] [--no-train] [--eval-sampler cps [--eval-noise-level 0.8]]
 
@@ -68,7 +68,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "grpo_bind": ("grpo", ['reward.options={"preset": "sprites", "composite_weights": {"binding": 0.3}}']),
     "nft_bind": ("nft", ['reward.options={"preset": "sprites", "composite_weights": {"binding": 0.3}}']),
     # grpo_bind with a sliding SDE window (MixGRPO: 4 SDE steps of 10, ODE elsewhere) and less
-    # noise, so rollouts stay near the ODE samples evaluation draws (docs/rl.md, session 6)
+    # noise, so rollouts stay near the ODE samples evaluation draws (docs/rl_sessions.md, session 6)
     "grpo_bind_mix": ("grpo", ['reward.options={"preset": "sprites", "composite_weights": {"binding": 0.3}}',
                                "rollout.window_size=4", "rollout.window_slide_every=10", "rollout.noise_level=0.5"]),
     # the optimiser check on the real reward: four training casts, cycled (each seen every other
@@ -79,6 +79,14 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     # SDE on the first 4 of 10 steps only, Euler after: the late steps, where CPS's noise leaves
     # artefacts GRPO learned to clean up (session 7), are sampled as users sample them
     "grpo_early4": ("grpo", ["rollout.window_size=4"]),
+    # rollouts and the trained velocity guided at 2.5, the users' sampling guidance (session 8):
+    # the session-7 policy learned at guidance 1 and lost its gain when sampled at 2.5
+    "grpo_cfg": ("grpo", ["rollout.guidance=2.5"]),
+    # NFT with GRPO's rollout sampler (CPS eta 0.8), so the two training-reward curves are drawn
+    # the same way and the wall-clock comparison compares like with like (session 8)
+    "nft_cps": ("nft", ["rollout.sde_type=cps"]),
+    # rollouts as users sample, but for 4 early SDE steps: guidance 2.5 and Euler after the window
+    "grpo_use": ("grpo", ["rollout.guidance=2.5", "rollout.window_size=4"]),
 }
 
 

@@ -104,3 +104,20 @@ def test_rl_experiment_regenerates_held_out_clips_when_the_weights_or_sampler_ch
     args.eval_sampler = "cps"
     exp.generate(pipe_dir, npz, args)
     assert calls == ["ode", "ode", "cps"] and exp.eval_folder_name(args) == "eval-cps0.8"
+
+
+def test_every_rl_experiment_arm_is_a_valid_config_of_its_trainer():
+    """An arm's overrides are typed and validated only when its training starts, an hour into a
+    queue: each must apply to its trainer's latent recipe and pass validation now."""
+    from idcrafter.config import apply_overrides
+    from script_support import load_script
+
+    exp = load_script("rl_experiment")
+    for arm, (trainer, extra) in exp.ARMS.items():
+        if trainer == "none":
+            continue
+        cfg = apply_overrides(rl_recipe(trainer, "sprites-latent"), extra).validate()
+        if arm in ("grpo_cfg", "grpo_use"):  # rollouts at the users' guidance
+            assert cfg.rollout.guidance == 2.5
+        if arm == "nft_cps":
+            assert cfg.rollout.sde_type == "cps"

@@ -14,7 +14,7 @@ reports copy-paste artefacts; a policy maximising fidelity alone learns to paste
 Second departure, off by default (w_bind = 0): a binding term R_bind in [0, 1], how well each
 reference's subject does what the caption asks of it (the SpriteWorld judge's `binding`). The
 paper's R has no action term; on SpriteWorld every RL arm trained on it traded the subjects'
-asked-for motion for identity (docs/rl.md, session 5: action_acc -0.10 under GRPO), so the
+asked-for motion for identity (docs/rl_sessions.md, session 5: action_acc -0.10 under GRPO), so the
 `grpo_bind` experiment arm sets w_bind > 0. Only the SpriteWorld judge gives `binding`; the real
 preset has no binding scorer and refuses w_bind > 0.
 

@@ -18,7 +18,7 @@ Steps whose noise std is below `grpo.min_std` (default 0.02) are never trained. 
 is s' sin(eta pi / 2), so the step into the schedule's smallest sigma (0.0089 at shift 3) has std
 0.008: its exact log-density and KL grow as 1/std^2, and when trained it carried KL 3-9 per
 element against <= 0.007 at every other step of the sprites-latent runs, so its near-noiseless
-"exploration" set the whole update (measured in docs/rl.md, session 7). flow_grpo's CPS sidesteps
+"exploration" set the whole update (measured in docs/rl_sessions.md, session 7). flow_grpo's CPS sidesteps
 this by dropping the 1/std^2 from its log-prob; the flow SDE's std there is 0.22 (std depends on s).
 
 Departures from flow_grpo's train scripts: the trained steps are one random subset per iteration
