@@ -90,6 +90,11 @@ ARMS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+# NFT against GRPO on training-reward curves: `nft` rolls out with Euler, GRPO with CPS (its reward
+# is lower from the start under that noise); `nft_cps` rolls out as GRPO does, like for like
+SPEED_PAIRS = (("nft", "grpo"), ("nft_cps", "grpo"))
+
+
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -303,6 +308,29 @@ def evaluate_arm(arm: str, pipeline: Path, args, truth: bool = False) -> dict[st
     return done
 
 
+def add_composite(evaluation: dict) -> dict:
+    """The training reward (the `sprites` composite, default weights) of each held-out clip, from
+    the judge figures it is built from, as `composite` in the judge's cases and mean. Computed on
+    load, so evaluations cached before this column existed get it too. The clip's `copy_paste` is
+    the judge's clip figure where the reward takes the worst subject's (they agree on every clip
+    without a paste)."""
+    import numpy as np
+
+    from idcrafter.rewards.composite import composite_reward
+
+    judge = evaluation.get("sprites")
+    if not judge:
+        return evaluation
+    keys = ("face_sim_mean", "face_sim_min", "subject_sim", "quality", "natural")
+    for row in judge["cases"]:
+        ok = all(row.get(k) is not None and math.isfinite(row[k]) for k in keys)
+        row["composite"] = float(composite_reward(*(row[k] for k in keys), copy_paste=row.get("copy_paste") or 0.0)
+                                 ["composite"]) if ok else None
+    vals = [r["composite"] for r in judge["cases"] if r["composite"] is not None]
+    judge["mean"]["composite"] = float(np.mean(vals)) if vals else float("nan")
+    return evaluation
+
+
 def paired(arm_eval: dict, base_eval: dict, scorer: str, metric: str) -> tuple[float, float, int]:
     """Mean paired difference arm - base over the cases both define, its standard error, count."""
     import numpy as np
@@ -362,6 +390,7 @@ def write_report(out: Path, evals: dict, curves: dict, cpu_curves: dict, summary
 
     lines = []
     for scorer, (prefix, keys) in SCORERS.items():
+        keys = ("composite", *keys) if scorer == "sprites" else keys  # add_composite
         arms = [a for a in evals if scorer in evals[a]]
         if not arms:
             lines += [f"{scorer}: not available yet", ""]
@@ -493,13 +522,15 @@ def main() -> None:
             pipeline = dirs[arm] / "pipeline"
             curves[arm] = curve(dirs[arm])
             cpu_curves[arm] = curve(dirs[arm], "cpu", samples.get(arm))
-        evals[arm] = evaluate_arm(arm, pipeline, args)
-    evals["ground_truth"] = evaluate_arm("ground_truth", args.generator, args, truth=True)
+        evals[arm] = add_composite(evaluate_arm(arm, pipeline, args))
+    evals["ground_truth"] = add_composite(evaluate_arm("ground_truth", args.generator, args, truth=True))
     summary = {}
     for clock, cs in (("wall", curves), ("cpu", cpu_curves)):
-        if cs.get("grpo") and cs.get("nft"):
-            finals = {k: smooth(cs[k])[-1][1] for k in ("grpo", "nft")}
-            for fast, slow in (("nft", "grpo"), ("grpo", "nft")):
+        for pair in SPEED_PAIRS:
+            if not all(cs.get(k) for k in pair):
+                continue
+            finals = {k: smooth(cs[k])[-1][1] for k in pair}
+            for fast, slow in (pair, pair[::-1]):
                 t = time_to_reach(cs[fast], finals[slow])
                 if t is not None:
                     summary[f"{fast}_reaches_{slow}_final_at_fraction_of_{slow}_{clock}_time"] = t / cs[slow][-1][0]

@@ -121,3 +121,17 @@ def test_every_rl_experiment_arm_is_a_valid_config_of_its_trainer():
             assert cfg.rollout.guidance == 2.5
         if arm == "nft_cps":
             assert cfg.rollout.sde_type == "cps"
+
+
+def test_rl_experiment_reports_the_training_reward_of_held_out_clips():
+    """The report's `composite` column is the reward the arms were trained on, from judge figures:
+    checked against a hand computation of 0.6 R_fid + 0.4 R_qual - 0.2 copy_paste."""
+    from script_support import load_script
+
+    exp = load_script("rl_experiment")
+    row = dict(face_sim_mean=0.4, face_sim_min=0.2, subject_sim=0.5, quality=0.6, natural=0.8, copy_paste=0.1)
+    blank = dict(row, face_sim_min=None)  # no subject found: no reward, not a zero
+    out = exp.add_composite({"sprites": {"cases": [row, blank], "mean": {}}})["sprites"]
+    # R_face = 0.3, R_fid = 0.5 * 0.3 + 0.5 * 0.5 = 0.4, R_qual = 0.6 * 0.6 + 0.4 * 0.8 = 0.68
+    assert abs(out["cases"][0]["composite"] - (0.6 * 0.4 + 0.4 * 0.68 - 0.2 * 0.1)) < 1e-9
+    assert out["cases"][1]["composite"] is None and abs(out["mean"]["composite"] - 0.492) < 1e-9
