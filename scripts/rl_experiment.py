@@ -3,7 +3,7 @@ then the reward ablations; every arm evaluated on held-out casts by judge v2 and
 
     .venv/bin/python scripts/rl_experiment.py --generator assets/checkpoints/sprites-latent --out runs/rl-exp \\
         [--recipe sprites-latent] [--iterations 300] \\
-        [--arms sft,dpo,grpo,grpo_cps,grpo_learned,grpo_bind,grpo_bind_mix,grpo_fixed4,grpo_lr5,grpo_early4,grpo_cfg,grpo_use,nft,nft_cps,nft_bind,no_fid,no_qual,no_nat,mean_face] \\
+        [--arms sft,dpo,grpo,grpo_cps,grpo_learned,grpo_bind,grpo_bind_mix,grpo_fixed4,grpo_lr5,grpo_early4,grpo_cfg,grpo_use,grpo_cfg_big,nft,nft_cps,nft_bind,no_fid,no_qual,no_nat,mean_face] \\
         [--run grpo=runs/rl-grpo ...] [--reward-model runs/rm-sprites/reward_model] [--eval-n 32] \\
         [--threads 1] [--set monitor.every=0 ...] [--no-train] [--eval-sampler cps [--eval-noise-level 0.8]]
 
@@ -87,6 +87,10 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "nft_cps": ("nft", ["rollout.sde_type=cps"]),
     # rollouts as users sample, but for 4 early SDE steps: guidance 2.5 and Euler after the window
     "grpo_use": ("grpo", ["rollout.guidance=2.5", "rollout.window_size=4"]),
+    # grpo_cfg with one optimizer step per iteration over 4 groups (32 rollouts) instead of four
+    # steps of 4 rollouts each: flow_grpo steps on hundreds of samples; at 4 the gradient is mostly
+    # noise, which Adam scales up to a full-size step (session 8)
+    "grpo_cfg_big": ("grpo", ["rollout.guidance=2.5", "rollout.groups=4", "grpo.updates=1"]),
 }
 
 
