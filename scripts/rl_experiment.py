@@ -326,11 +326,13 @@ def add_composite(evaluation: dict) -> dict:
     judge = evaluation.get("sprites")
     if not judge:
         return evaluation
-    keys = ("face_sim_mean", "face_sim_min", "subject_sim", "quality", "natural")
+    # the reward's inputs and the judge figures they are (as `rewards.face.JudgeReward` reads them)
+    inputs = dict(face_mean="face_sim_mean", face_min="face_sim_min", subject="subject_sim", aesthetic="quality",
+                  natural="natural")
     for row in judge["cases"]:
-        ok = all(row.get(k) is not None and math.isfinite(row[k]) for k in keys)
-        row["composite"] = float(composite_reward(*(row[k] for k in keys), copy_paste=row.get("copy_paste") or 0.0)
-                                 ["composite"]) if ok else None
+        ok = all(row.get(k) is not None and math.isfinite(row[k]) for k in inputs.values())
+        row["composite"] = float(composite_reward(**{arg: row[k] for arg, k in inputs.items()},
+                                                  copy_paste=row.get("copy_paste") or 0.0)["composite"]) if ok else None
     vals = [r["composite"] for r in judge["cases"] if r["composite"] is not None]
     judge["mean"]["composite"] = float(np.mean(vals)) if vals else float("nan")
     return evaluation
