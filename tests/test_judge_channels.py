@@ -128,6 +128,36 @@ def test_path_coherence_tells_a_walk_from_a_shuffle():
     assert TM.bounce_coherence(40 + 0.4 * np.sin(np.arange(9.0)), h) == 1.0  # a walking bob
 
 
+def test_a_crowded_step_is_allowed_the_detectors_pull_but_a_shuffle_is_not():
+    h = np.full(5, 21.0)
+    # a still jumper's head as the detector reads it while walkers pass in front (seed 8080, cast 5)
+    still = np.stack([np.array([27.2, np.nan, 26.4, 29.2, 27.1]), np.full(5, 20.0)], 1)
+    crowded = np.array([False, False, False, True, False])
+    assert TM.path_coherence(still, h) < 0.4  # 2.8 px out and back, beyond 0.03 h of dead zone
+    assert TM.path_coherence(still, h, crowded=crowded) == 1.0
+    walk = np.stack([np.linspace(8, 38, 9), np.full(9, 20.0)], 1)  # a walk of 3.75 px a step, shuffled
+    shuffled = walk[[0, 6, 2, 8, 1, 5, 3, 7, 4]]
+    assert TM.path_coherence(shuffled, np.full(9, 21.0), crowded=np.ones(9, bool)) < 0.3
+
+
+def test_crowded_frames_by_hand():
+    a = np.array([[10, 10, 20, 30], [10, 10, 20, 30], [np.nan] * 4], np.float32)
+    b = np.array([[17, 12, 27, 32], [19, 12, 29, 32], [10, 10, 20, 30]], np.float32)  # 3 px, then 1 px of overlap
+    c = np.array([[10, 33, 20, 40]] * 3, np.float32)  # below a and b: no vertical overlap
+    ca, cb, cc = TM.crowded_frames([a, b, c])
+    assert ca.tolist() == [True, False, False] and cb.tolist() == [True, False, False] and not cc.any()
+
+
+def test_turning_points_count_reversals_with_hysteresis():
+    assert TM.turning_points(np.array([0, 1, 2, 3, 2, 1, 0.0]), 0.5) == 1
+    assert TM.turning_points(np.array([0, 0.4, 0, 0.4, 0, 0.4]), 0.5) == 0  # jitter below the threshold
+    assert TM.turning_points(np.array([0, 1, 0, 1, 0.0]), 0.5) == 3
+    assert TM.turning_points(np.array([0, 0.3, 0.6, 0.3, 0.0]), 0.5) == 1  # slow moves add up
+    # a still subject whose box top toggles by 1.5-2 px (0.07-0.09 h; seeds 31337 cast 11, 8080 cast 18)
+    toggling = np.array([16.3, 16.7, 18.2, 18.2, 16.4, 16.4, 18.2, 18.5, 16.3])
+    assert TM.bounce_coherence(toggling, np.full(9, 25.5)) == 1.0
+
+
 # ----------------------------------------------------------------------------- channels
 
 def test_alive_motion_likeness_and_copy_paste_by_hand():

@@ -160,3 +160,18 @@ def test_path_coherence_reads_only_the_detectors_own_boxes(judge):
     jumpy = judge._over_time(frames, [[] for _ in range(9)], [walker(Detection)])["coherence"][0]
     steady = judge._over_time(frames, [[] for _ in range(9)], [walker(recovered)])["coherence"][0]
     assert jumpy < 0.7 and steady == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed,cast", [(8080, 5), (31337, 11), (2024, 5)])
+def test_crowded_ground_truth_moves_like_bodies_and_flicker_still_costs(judge, seed, cast):
+    """Casts where the tracks of still subjects had been called incoherent: walkers passing in
+    front pull a head box 2-3 px (seed 8080 cast 5, seed 2024 cast 5), or a still subject's box
+    top toggles by 1.5 px (seed 31337 cast 11). Ground truth totalled 0.56 on each; a flickering
+    copy of it must still score low."""
+    from idcrafter.judge.adversarial import adversarial_cases, attack_videos
+
+    ex = adversarial_cases(cast + 1, seed)[cast]
+    gt = judge.score(ex.clip.frames, list(ex.refs), ex.caption, threads=1)
+    assert gt.plausibility["coherent"] > 0.9 and gt.metrics["total"] > 0.85
+    flicker = attack_videos(ex, seed * 1000 + cast, ["flicker"])["flicker"][0]
+    assert judge.score(flicker, list(ex.refs), ex.caption, threads=1).metrics["total"] < 0.5

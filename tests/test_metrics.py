@@ -37,7 +37,7 @@ FULL = dict(quality=1.0, motion=1.0, face_sim_mean=1.0, subject_sim=1.0, leakage
 
 def test_total_is_a_weighted_mean_minus_the_copy_paste_penalty_by_hand():
     w = M.TotalWeights()
-    assert sum(v for k, v in w.__dict__.items() if k != "copy_paste") == pytest.approx(1.0)
+    assert sum(v for k, v in w.__dict__.items() if k not in ("copy_paste", "light")) == pytest.approx(1.0)
     assert w.total(FULL) == pytest.approx(1.0)
     # one channel at a time: total drops by exactly that channel's weight
     assert w.total({**FULL, "binding": 0.0}) == pytest.approx(1 - 0.37)
@@ -46,6 +46,9 @@ def test_total_is_a_weighted_mean_minus_the_copy_paste_penalty_by_hand():
              copy_paste=0.1)
     by_hand = (0.12 * 0.5 + 0.02 * 0.25 + 0.12 * 0.8 + 0.06 * 0.9 + 0.37 * 0.5 + 0.04 * 0.8 + 0.27 * 0.6) - 0.30 * 0.1
     assert w.total(m) == pytest.approx(by_hand)
+    # unsteady light scales the weighted mean, before the penalty
+    assert w.total({**m, "steady_light": 0.4}) == pytest.approx((by_hand + 0.30 * 0.1) * (1 - 0.5 * 0.6) - 0.30 * 0.1)
+    assert w.total({**FULL, "steady_light": 0.0}) == pytest.approx(0.5)
 
 
 def test_total_counts_identity_bound_to_the_caption_when_there_is_a_prompt():

@@ -300,7 +300,7 @@ class Judge:
             "face_credit": float(np.mean(face_c)), "subject_credit": float(np.mean(subj_c)),
             "face_bound": C.bound_fidelity(face_c, bind["binding_k"]) if mentions else None,
             "subject_bound": C.bound_fidelity(subj_c, bind["binding_k"]) if mentions else None,
-            "quality": sharp * real, "natural": plaus.natural,
+            "quality": sharp * real, "natural": plaus.natural, "steady_light": plaus.steady_light,
             "copy_paste": float(np.mean(cp)), "copy_paste_max": float(max(cp)),
         }
         if self.kind == "audit":
@@ -321,7 +321,8 @@ class Judge:
 
         comp = TM.compensate(frames, [[d.box for d in f] for f in dets])
         activity, coherence, feet, heads = [], [], [], []
-        for tr in tracks:
+        crowds = TM.crowded_frames([tr.boxes() for tr in tracks])
+        for tr, crowded in zip(tracks, crowds):
             b = tr.boxes()
             activity.append(TM.step_activity(comp, b))
             # path coherence reads the detector's own peaks: a box recovered by identity
@@ -332,7 +333,7 @@ class Judge:
             hgt, head = b[:, 3] - b[:, 1], TM.stabilise(anchors, comp["warps"])
             heads.append(head)
             # the head, not the feet, for bounces: feet boxes jump when legs pass behind someone
-            coherence.append(min(TM.path_coherence(head, hgt), TM.bounce_coherence(head[:, 1], hgt)))
+            coherence.append(min(TM.path_coherence(head, hgt, crowded=crowded), TM.bounce_coherence(head[:, 1], hgt)))
         shift = float(np.abs(comp["warps"][:, :, 2]).max()) if len(comp["warps"]) else 0.0
         return {"activity": activity, "coherence": coherence, "feet": feet, "head": heads,
                 "flicker": TM.flicker(comp["gains"]), "teleport_ok": C.teleport_free([tr.boxes() for tr in tracks]), "camera_shift_px": shift}

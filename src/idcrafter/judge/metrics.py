@@ -84,6 +84,12 @@ class TotalWeights:
     scores near a perfect video). The weights are set so that the adversarial validation
     (`adversarial.py`) meets its targets; the README has the table. Without a prompt
     (`binding` None or absent) the binding term is dropped and the others are renormalised.
+
+    Unsteady light scales the weighted mean (before the penalty) by 1 - w_light (1 - steady_light)
+    (`steady_light`: natural's light check, 1 when absent). A strobing clip is broken as a whole,
+    unlike one subject's flaw, and as one of natural's eight checks it cost at most 0.27 x 0.65:
+    a flickering copy of the truth kept 0.70 on every cast whose subjects the trackers followed
+    (measured 2026-12-03, once the trackers stopped failing crowded ground truth).
     """
 
     quality: float = 0.12
@@ -94,10 +100,12 @@ class TotalWeights:
     no_leakage: float = 0.04
     natural: float = 0.27
     copy_paste: float = 0.30  # a penalty, subtracted
+    light: float = 0.5  # a factor on the weighted mean: 1 - light x (1 - steady_light)
 
     def total(self, m: dict) -> float:
         w = asdict(self)
         penalty = w.pop("copy_paste") * float(np.clip(m.get("copy_paste", 0.0), 0, 1))
+        light = 1 - w.pop("light") * (1 - float(np.clip(m.get("steady_light", 1.0), 0, 1)))
         parts = {"quality": m["quality"], "motion": m["motion"],
                  "face_sim_mean": m.get("face_credit", m["face_sim_mean"]),
                  "subject_sim": m.get("subject_credit", m["subject_sim"]),
@@ -109,7 +117,7 @@ class TotalWeights:
             parts["face_sim_mean"] = m.get("face_bound", parts["face_sim_mean"])
             parts["subject_sim"] = m.get("subject_bound", parts["subject_sim"])
         base = sum(w[k] * float(np.clip(v, 0, 1)) for k, v in parts.items()) / sum(w.values())
-        return float(np.clip(base - penalty, 0, 1))
+        return float(np.clip(base * light - penalty, 0, 1))
 
 
 def roc_auc(pos: np.ndarray, neg: np.ndarray) -> float:
