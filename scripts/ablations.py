@@ -28,7 +28,7 @@ sixth training (`--base`: that run's kept checkpoint at `--steps` is judged as h
 
     .venv/bin/python scripts/ablations.py --recipe sprites-latent --schedule recipe --steps 2000 \
         --base runs/latent --subjects 2,3,4 --threads 1 --out runs/ablations-latent \
-        --doc docs/ablations-latent.md --plot docs/ablations-latent.png
+        --doc docs/ablations-latent.md --plot docs/ablations-latent.png --keep docs/ablations-latent
 """
 
 from __future__ import annotations
@@ -115,7 +115,22 @@ def run_variant(name: str, args) -> dict:
            "generated_se": standard_errors(res["cases"])}
     run_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(out, indent=2))
+    if args.keep is not None:  # a tracked copy: runs/ does not always survive the machine
+        args.keep.mkdir(parents=True, exist_ok=True)
+        (args.keep / f"{done.parent.name}.json").write_text(json.dumps(out, indent=2))
     return out
+
+
+def load_results(out: Path, keep: Path | None) -> list[dict]:
+    """Each variant's result.json from its run folder, else its tracked copy in `keep`."""
+    results = []
+    for name in VARIANTS:
+        stem = name.replace("/", "_")
+        for p in (out / stem / "result.json", *(() if keep is None else (keep / f"{stem}.json",))):
+            if p.is_file():
+                results.append(json.loads(p.read_text()))
+                break
+    return results
 
 
 def standard_errors(cases: list[dict]) -> dict[str, float]:
@@ -127,7 +142,8 @@ def standard_errors(cases: list[dict]) -> dict[str, float]:
     return out
 
 
-def report(results: list[dict], doc: Path, plot: Path) -> None:
+def report(results: list[dict], doc: Path, plot: Path, tag: str = "") -> None:
+    """The table between the doc's `<!-- ablation-table[:tag] -->` markers (added if absent) and the plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,9 +172,11 @@ def report(results: list[dict], doc: Path, plot: Path) -> None:
                      for k in ("face_sim_mean", "quality", "total")}
                 rel.append(f"- {r['name']} vs hierarchical/t5: face_sim_mean {d['face_sim_mean']:+.1f}%, "
                            f"quality {d['quality']:+.1f}%, total {d['total']:+.1f}%")
-    table = "\n".join(lines + [""] + rel)
+    notes = [f"- {r['name']}: {r['note']}" for r in results if r.get("note")]
+    table = "\n".join(lines + [""] + rel + ([""] + notes if notes else []))
     text = doc.read_text() if doc.is_file() else "# Architecture ablations\n"
-    start, end = "<!-- ablation-table -->", "<!-- /ablation-table -->"
+    suffix = f":{tag}" if tag else ""
+    start, end = f"<!-- ablation-table{suffix} -->", f"<!-- /ablation-table{suffix} -->"
     block = f"{start}\n{table}\n{end}"
     text = text.split(start)[0] + block + text.split(end)[1] if start in text else text + "\n" + block + "\n"
     doc.write_text(text)
@@ -194,6 +212,8 @@ def main() -> None:
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "ablations.md")
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "ablations.png")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--tag", default="", help="names the doc's table block, so one doc can hold several studies")
+    ap.add_argument("--keep", type=Path, help="also keep each result.json here (a tracked folder, e.g. docs/ablations-latent)")
     ap.add_argument("--recipe", default="sprites", help="the recipe every arm varies (sprites, sprites-latent)")
     ap.add_argument("--schedule", choices=("budget", "recipe"), default="budget",
                     help="budget: the schedule shortened to --steps; recipe: the recipe's own, stopped at --steps")
@@ -205,10 +225,9 @@ def main() -> None:
     if not args.report_only:
         for name in names:
             run_variant(name, args)
-    results = [json.loads(p.read_text()) for name in VARIANTS
-               if (p := args.out / name.replace("/", "_") / "result.json").is_file()]
+    results = load_results(args.out, args.keep)
     if results:
-        report(results, args.doc, args.plot)
+        report(results, args.doc, args.plot, args.tag)
 
 
 if __name__ == "__main__":

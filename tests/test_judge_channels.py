@@ -266,6 +266,13 @@ def test_plausibility_checks_by_hand():
     assert C.duplicate_check(sim, [0]) == 0.0
     assert C.duplicate_check(np.array([[0.9, 0.1]]), [0]) == 1.0
     assert C.duplicate_check(np.zeros((2, 0)), [-1, -1]) == 0.0  # nobody there is not "no duplicates"
+    # two of reference 0 and none of reference 1: the matching hands the copy (track 1) to
+    # reference 1; it is reference 0's (0.85 > 0.6, 0.85 - 0.3 > 0.15) while track 0 is too
+    copy = np.array([[0.9, 0.85], [0.2, 0.3]])
+    assert C.duplicate_check(copy, [0, 1]) == pytest.approx(0.5)
+    assert C.duplicate_check(np.array([[0.9, 0.85], [0.2, 0.75]]), [0, 1]) == 1.0  # within the margin: look-alikes
+    assert C.duplicate_check(np.array([[0.5, 0.85], [0.2, 0.3]]), [0, 1]) == 1.0  # reference 0's own track is not its
+    assert C.duplicate_check(np.array([[0.9, 0.85], [0.2, 0.3]]), [0, -1]) == 1.0 - 0.5  # unmatched copy: as before
     steady = np.array([[10, 10, 20, 30]] * 5, float)
     jumpy = steady.copy()
     jumpy[3] += [30, 0, 30, 0]

@@ -109,3 +109,19 @@ def test_timed_micro_step_leaves_weights_and_gradients_untouched(tmp_path):
     assert isinstance(seconds, float) and seconds > 0
     assert all(p.grad is None for p in tr.model.parameters())
     assert all(torch.equal(before[k], v) for k, v in tr.model.state_dict().items())
+
+
+def test_slow_bf16_warning_names_the_fix_only_where_bf16_is_slow(monkeypatch):
+    """bf16 autocast on an AVX2 CPU was 4.5x slower per DiT step and 37x per VAE encode (measured):
+    the engine and the cache warn there, never on AVX-512 or for fp32."""
+    import torch
+
+    from idcrafter.train.engine import slow_bf16_warning
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    why = slow_bf16_warning("bf16")
+    assert why is not None and "train.mixed_precision=no" in why and "AVX2" in why
+    assert slow_bf16_warning("no") is None
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert slow_bf16_warning("bf16") is None

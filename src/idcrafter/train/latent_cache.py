@@ -28,6 +28,7 @@ another VAE or another dataset cannot be used by mistake.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,6 +97,7 @@ def build_latent_cache(cfg: "Config", out: str | Path, shard_size: int = 2048, b
     from idcrafter.conditioning import ConditionEncoder
     from idcrafter.train import checkpoint as ckpt
     from idcrafter.train.data import build_source, collate
+    from idcrafter.train.engine import slow_bf16_warning
     from idcrafter.utils.io import check_writable_dir, mark_dir
     from idcrafter.world.scene import MAX_SUBJECTS
 
@@ -114,6 +116,8 @@ def build_latent_cache(cfg: "Config", out: str | Path, shard_size: int = 2048, b
         return out
     out.mkdir(parents=True, exist_ok=True)
     mark_dir(out, "idcrafter train cache-latents")
+    if (why := slow_bf16_warning(cfg.train.mixed_precision)) is not None:
+        warnings.warn(why, stacklevel=2)
     pipe = cfg.model.build()
     check_reference_size(pipe, cfg.data.ref_size)
     pipe.transformer.requires_grad_(False)
