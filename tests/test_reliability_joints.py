@@ -188,15 +188,16 @@ def test_noise_level_reaches_the_sde_step_in_the_real_pipeline():
 
 # ------------------------------------------------------------------ the judge's total and leakage by hand
 def _hand_total(w: dict, m: dict) -> float:
-    """judge v2's total written out: weighted mean of the clipped channels present, minus the
-    clipped copy-paste penalty, clipped to [0, 1]."""
+    """judge v2's total written out: weighted mean of the clipped channels present, times the
+    light factor, minus the clipped copy-paste penalty, clipped to [0, 1]."""
     clip = lambda v: min(max(v, 0.0), 1.0)  # noqa: E731
     ch = {"quality": m["quality"], "motion": m["motion"], "face_sim_mean": m["face_sim_mean"],
           "subject_sim": m["subject_sim"], "no_leakage": 1 - m["leakage"], "natural": m["natural"]}
     if m.get("binding") is not None:
         ch["binding"] = m["binding"]
     num = sum(w[k] * clip(v) for k, v in ch.items())
-    return clip(num / sum(w[k] for k in ch) - w["copy_paste"] * clip(m.get("copy_paste", 0.0)))
+    light = 1 - w["light"] * (1 - clip(m.get("steady_light", 1.0)))
+    return clip(num / sum(w[k] for k in ch) * light - w["copy_paste"] * clip(m.get("copy_paste", 0.0)))
 
 
 def test_judge_total_by_hand_with_distinct_inputs():
@@ -238,7 +239,12 @@ def test_judge_total_by_hand_with_distinct_inputs():
     for key in ("quality", "motion", "face_sim_mean", "subject_sim", "natural", "binding"):
         bumped = {**m, key: m[key] + 0.05}  # each metric moves total by exactly its own weight
         assert tw.total(bumped) - tw.total(m) == pytest.approx(0.05 * w[key] / sum(
-            v for k, v in w.items() if k != "copy_paste"), abs=1e-12), key
+            v for k, v in w.items() if k not in ("copy_paste", "light")), abs=1e-12), key
+    strobe = {**m, "steady_light": 0.4}  # a factor on the weighted mean, before the penalty
+    assert tw.total(strobe) == pytest.approx(_hand_total(w, strobe), abs=1e-12)
+    assert tw.total(strobe) == pytest.approx(
+        (0.12 * 0.9 + 0.02 * 0.3 + 0.12 * 0.7 + 0.06 * 0.6 + 0.37 * 0.5 + 0.04 * 0.8 + 0.27 * 0.8) * (1 - 0.5 * 0.6)
+        - 0.30 * 0.1, abs=1e-12)
 
 
 def test_leakage_by_hand_with_three_and_four_subjects():

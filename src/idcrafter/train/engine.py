@@ -34,7 +34,6 @@ import logging
 import math
 import shutil
 import time
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
@@ -65,8 +64,6 @@ def slow_bf16_warning(mixed_precision: str) -> str | None:
 def make_accelerator(train_cfg):
     """An `Accelerator` for a `TrainConfig` (a fresh AcceleratorState, so several trainers with
     different precisions can run in one process, e.g. in tests)."""
-    if (why := slow_bf16_warning(train_cfg.mixed_precision)) is not None:
-        warnings.warn(why, stacklevel=2)
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
@@ -335,6 +332,9 @@ class Engine:
         """Run until `train.stop_at` (when > 0) or `train.steps`; returns the last logged metrics."""
         if not self._ready:
             self.setup()
+        # after setup, so a run refused for bad input prints its one-line error and nothing else
+        if self.is_main and (why := slow_bf16_warning(self.cfg.train.mixed_precision)) is not None:
+            log.warning(why)
         self._fire("on_train_start")
         self.before_loop()
         bar = self.progress_bar()

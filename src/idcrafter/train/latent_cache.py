@@ -28,7 +28,7 @@ another VAE or another dataset cannot be used by mistake.
 
 from __future__ import annotations
 
-import warnings
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,7 +117,7 @@ def build_latent_cache(cfg: "Config", out: str | Path, shard_size: int = 2048, b
     out.mkdir(parents=True, exist_ok=True)
     mark_dir(out, "idcrafter train cache-latents")
     if (why := slow_bf16_warning(cfg.train.mixed_precision)) is not None:
-        warnings.warn(why, stacklevel=2)
+        logging.getLogger(__name__).warning(why)
     pipe = cfg.model.build()
     check_reference_size(pipe, cfg.data.ref_size)
     pipe.transformer.requires_grad_(False)
