@@ -112,7 +112,7 @@ def run_variant(name: str, args) -> dict:
            "ref_gap_curve": [(g["step"], g["ema/ref_gap_rel_subject/t0.6"], g["ema/ref_gap_rel_subject/t0.9"])
                              for g in gaps],
            "final_eval": {k: v for k, v in gaps[-1].items() if k.startswith("ema/")} if gaps else {},
-           "generated_se": standard_errors(res["cases"])}
+           "generated_se": standard_errors(res["cases"]), "cases": case_figures(res["cases"])}
     run_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(out, indent=2))
     if args.keep is not None:  # a tracked copy: runs/ does not always survive the machine
@@ -128,9 +128,27 @@ def load_results(out: Path, keep: Path | None) -> list[dict]:
         stem = name.replace("/", "_")
         for p in (out / stem / "result.json", *(() if keep is None else (keep / f"{stem}.json",))):
             if p.is_file():
-                results.append(json.loads(p.read_text()))
+                r = json.loads(p.read_text())
+                held = out / stem / "heldout" / "heldout.json"
+                if "cases" not in r and held.is_file():  # results written before per-cast figures were kept
+                    r["cases"] = case_figures(json.loads(held.read_text())["cases"])
+                results.append(r)
                 break
     return results
+
+
+def case_figures(cases: list[dict]) -> list[dict]:
+    """Per held-out cast, the generated figures of the table (kept for paired differences)."""
+    return [{k: c["generated"].get(k) for k in SHOWN} for c in cases]
+
+
+def paired_difference(arm: list[dict], base: list[dict], key: str) -> tuple[float, float] | None:
+    """Mean and standard error over casts of arm - base (the same casts, so the cast-to-cast
+    spread the two share cancels); None without per-cast figures for both."""
+    d = [a[key] - b[key] for a, b in zip(arm, base) if a.get(key) is not None and b.get(key) is not None]
+    if len(arm) != len(base) or len(d) < 2:
+        return None
+    return float(np.mean(d)), float(np.std(d, ddof=1) / np.sqrt(len(d)))
 
 
 def standard_errors(cases: list[dict]) -> dict[str, float]:
@@ -172,6 +190,11 @@ def report(results: list[dict], doc: Path, plot: Path, tag: str = "") -> None:
                      for k in ("face_sim_mean", "quality", "total")}
                 rel.append(f"- {r['name']} vs hierarchical/t5: face_sim_mean {d['face_sim_mean']:+.1f}%, "
                            f"quality {d['quality']:+.1f}%, total {d['total']:+.1f}%")
+                pairs = {k: paired_difference(r.get("cases", []), base.get("cases", []), k)
+                         for k in ("face_sim_mean", "face_sim_min", "quality", "total")}
+                if all(v is not None for v in pairs.values()):
+                    rel.append(f"  - paired over the casts (arm - hierarchical/t5, +- SE): "
+                               + ", ".join(f"{k} {m:+.3f} +- {se:.3f}" for k, (m, se) in pairs.items()))
     notes = [f"- {r['name']}: {r['note']}" for r in results if r.get("note")]
     table = "\n".join(lines + [""] + rel + ([""] + notes if notes else []))
     text = doc.read_text() if doc.is_file() else "# Architecture ablations\n"

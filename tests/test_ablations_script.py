@@ -49,3 +49,13 @@ def test_results_come_from_the_run_folder_else_the_tracked_copy_and_tables_keep_
     text = doc.read_text()
     bf16 = text.split("<!-- ablation-table:bf16 -->")[1].split("<!-- /ablation-table:bf16 -->")[0]
     assert "hierarchical/t5 | 10" not in bf16 and "concat/t5 | 10" in bf16 and "<!-- ablation-table:fp32 -->" in text
+
+
+def test_paired_difference_by_hand():
+    abl = load_script("ablations")
+    arm = [{"face_sim_mean": 0.5}, {"face_sim_mean": 0.7}, {"face_sim_mean": 0.4}]
+    base = [{"face_sim_mean": 0.4}, {"face_sim_mean": 0.4}, {"face_sim_mean": 0.4}]
+    m, se = abl.paired_difference(arm, base, "face_sim_mean")  # differences 0.1, 0.3, 0.0
+    assert m == pytest.approx(0.4 / 3)
+    assert se == pytest.approx(((0.1 - 0.4 / 3) ** 2 + (0.3 - 0.4 / 3) ** 2 + (0.4 / 3) ** 2) ** 0.5 / 2 ** 0.5 / 3 ** 0.5)
+    assert abl.paired_difference(arm[:2], base, "face_sim_mean") is None  # other casts: not paired
