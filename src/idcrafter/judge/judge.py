@@ -321,9 +321,8 @@ class Judge:
 
         comp = TM.compensate(frames, [[d.box for d in f] for f in dets])
         activity, coherence, feet, heads = [], [], [], []
-        crowds = TM.crowded_frames([tr.boxes() for tr in tracks])
-        for tr, crowded in zip(tracks, crowds):
-            b = tr.boxes()
+        boxes = [tr.boxes() for tr in tracks]  # (T, 4) each, NaN where unseen
+        for tr, b, crowded in zip(tracks, boxes, TM.crowded_frames(boxes)):
             activity.append(TM.step_activity(comp, b))
             # path coherence reads the detector's own peaks: a box recovered by identity
             # (`recover.py`) is regressed off its subject's centre and its head wanders 1-2 px
@@ -336,7 +335,7 @@ class Judge:
             coherence.append(min(TM.path_coherence(head, hgt, crowded=crowded), TM.bounce_coherence(head[:, 1], hgt)))
         shift = float(np.abs(comp["warps"][:, :, 2]).max()) if len(comp["warps"]) else 0.0
         return {"activity": activity, "coherence": coherence, "feet": feet, "head": heads,
-                "flicker": TM.flicker(comp["gains"]), "teleport_ok": C.teleport_free([tr.boxes() for tr in tracks]), "camera_shift_px": shift}
+                "flicker": TM.flicker(comp["gains"]), "teleport_ok": C.teleport_free(boxes), "camera_shift_px": shift}
 
     def _subjects(self, frames: np.ndarray, ref: dict, tracks, match: list[int], over_time: dict) -> list[dict]:
         """Per reference: alive, own motion, likeness to its reference's pixels, copy-paste."""
