@@ -85,6 +85,7 @@ def run_variant(name: str, args) -> dict:
     from idcrafter.pipeline import IDCrafterPipeline
     from idcrafter.train import checkpoint as ckpt
     from idcrafter.train.sft import run_sft
+    from idcrafter.utils.io import atomic_write_json
 
     run_dir = args.out / name.replace("/", "_")
     done = run_dir / "result.json"
@@ -114,10 +115,10 @@ def run_variant(name: str, args) -> dict:
            "final_eval": {k: v for k, v in gaps[-1].items() if k.startswith("ema/")} if gaps else {},
            "generated_se": standard_errors(res["cases"]), "cases": case_figures(res["cases"])}
     run_dir.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps(out, indent=2))
+    atomic_write_json(done, out, indent=2)
     if args.keep is not None:  # a tracked copy: runs/ does not always survive the machine
         args.keep.mkdir(parents=True, exist_ok=True)
-        (args.keep / f"{done.parent.name}.json").write_text(json.dumps(out, indent=2))
+        atomic_write_json(args.keep / f"{done.parent.name}.json", out, indent=2)
     return out
 
 
@@ -145,8 +146,10 @@ def case_figures(cases: list[dict]) -> list[dict]:
 def paired_difference(arm: list[dict], base: list[dict], key: str) -> tuple[float, float] | None:
     """Mean and standard error over casts of arm - base (the same casts, so the cast-to-cast
     spread the two share cancels); None without per-cast figures for both."""
+    if len(arm) != len(base):
+        return None
     d = [a[key] - b[key] for a, b in zip(arm, base) if a.get(key) is not None and b.get(key) is not None]
-    if len(arm) != len(base) or len(d) < 2:
+    if len(d) < 2:
         return None
     return float(np.mean(d)), float(np.std(d, ddof=1) / np.sqrt(len(d)))
 
