@@ -140,6 +140,22 @@ def test_a_crowded_step_is_allowed_the_detectors_pull_but_a_shuffle_is_not():
     assert TM.path_coherence(shuffled, np.full(9, 21.0), crowded=np.ones(9, bool)) < 0.3
 
 
+def test_a_path_that_turns_back_by_half_a_body_is_two_bodies():
+    h = np.full(9, 22.0)
+    nan = np.nan
+    # seed 1 cast 8's duplicate: the original's glimpse at 37.9 px, then its copy walking right
+    stitched = np.array([37.9, nan, nan, 20.3, 24.3, 22.2, 31.8, 33.4, 36.6])
+    assert TM.turn_coherence(stitched, h) == 0.0
+    # a crowded still subject (3 px of pull and back), a walk, and a walk with one 5 px stumble back
+    assert TM.turn_coherence(27 + np.array([0, 1.5, 3, 0.5, -0.2, 2.8, 0, 1, 0]), h) == 1.0
+    assert TM.turn_coherence(np.linspace(8, 38, 9), h) == 1.0
+    assert TM.turn_coherence(np.array([8, 12, 16, 11, 15, 19, 23, 27, 31.0]), h) == 1.0
+    # hysteresis: out 12 px (> 0.5 h = 11) and back 10.9 is no turn; back 11.1 is one
+    assert TM.turn_coherence(np.array([20, 26, 32, 27, 21.1]), np.full(5, 22.0)) == 1.0
+    assert TM.turn_coherence(np.array([20, 26, 32, 27, 20.9]), np.full(5, 22.0)) == 0.0
+    assert TM.turn_coherence(np.array([20, nan, 40.0]), np.full(3, 22.0)) == 1.0  # too few points
+
+
 def test_crowded_frames_by_hand():
     a = np.array([[10, 10, 20, 30], [10, 10, 20, 30], [np.nan] * 4], np.float32)
     b = np.array([[17, 12, 27, 32], [19, 12, 29, 32], [10, 10, 20, 30]], np.float32)  # 3 px, then 1 px of overlap

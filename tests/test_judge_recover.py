@@ -175,3 +175,18 @@ def test_crowded_ground_truth_moves_like_bodies_and_flicker_still_costs(judge, s
     assert gt.plausibility["coherent"] > 0.9 and gt.metrics["total"] > 0.85
     flicker = attack_videos(ex, seed * 1000 + cast, ["flicker"])["flicker"][0]
     assert judge.score(flicker, list(ex.refs), ex.caption, threads=1).metrics["total"] < 0.5
+
+
+def test_a_hidden_subjects_copy_joined_to_its_glimpses_is_two_bodies(judge):
+    """Seed 1 cast 8: one swapper hides behind the others in most frames; the `duplicate` attack
+    draws its identity over the other swapper, and the judge joined the copy's track to the
+    original's one recovered glimpse (frame 0, 17 px away the other way). The two clips had tied
+    (0.590 against 0.592): the path that turns back by half a body must now cost the copy."""
+    from idcrafter.judge.adversarial import adversarial_cases, attack_videos
+
+    ex = adversarial_cases(9, 1)[8]
+    gt = judge.score(ex.clip.frames, list(ex.refs), ex.caption, threads=1)
+    dup = judge.score(attack_videos(ex, 1000 + 8, ["duplicate"])["duplicate"][0], list(ex.refs), ex.caption,
+                      threads=1)
+    assert gt.plausibility["coherent"] == 1.0 and dup.plausibility["coherent"] == 0.0
+    assert gt.metrics["total"] > dup.metrics["total"] + 0.1

@@ -324,15 +324,21 @@ class Judge:
         boxes = [tr.boxes() for tr in tracks]  # (T, 4) each, NaN where unseen
         for tr, b, crowded in zip(tracks, boxes, TM.crowded_frames(boxes)):
             activity.append(TM.step_activity(comp, b))
-            # path coherence reads the detector's own peaks: a box recovered by identity
-            # (`recover.py`) is regressed off its subject's centre and its head wanders 1-2 px
-            anchors = np.array([_anchor(d) if d is not None and not isinstance(d, RecoveredDetection)
-                                else [np.nan, np.nan] for d in tr.frames])
+            # the detector's own peaks anchor a track; a box recovered by identity (`recover.py`)
+            # is regressed off its subject's centre and its head wanders 1-2 px, so its box centre
+            # serves, only for the coarse test of path coherence (`loose`: a wide dead zone)
+            rec = np.array([isinstance(d, RecoveredDetection) for d in tr.frames])
+            anchors = np.array([_anchor(d) if d is not None and not r else [np.nan, np.nan]
+                                for d, r in zip(tr.frames, rec)])
+            coarse = anchors.copy()
+            coarse[rec] = np.stack([(b[rec, 0] + b[rec, 2]) / 2, (b[rec, 1] + b[rec, 3]) / 2], 1)
             feet.append(TM.stabilise(np.stack([(b[:, 0] + b[:, 2]) / 2, b[:, 3]], 1), comp["warps"]))
             hgt, head = b[:, 3] - b[:, 1], TM.stabilise(anchors, comp["warps"])
             heads.append(head)
             # the head, not the feet, for bounces: feet boxes jump when legs pass behind someone
-            coherence.append(min(TM.path_coherence(head, hgt, crowded=crowded), TM.bounce_coherence(head[:, 1], hgt)))
+            coarse = TM.stabilise(coarse, comp["warps"])
+            path = TM.path_coherence(coarse, hgt, crowded=crowded, loose=rec)
+            coherence.append(min(path, TM.turn_coherence(coarse[:, 0], hgt), TM.bounce_coherence(head[:, 1], hgt)))
         shift = float(np.abs(comp["warps"][:, :, 2]).max()) if len(comp["warps"]) else 0.0
         return {"activity": activity, "coherence": coherence, "feet": feet, "head": heads,
                 "flicker": TM.flicker(comp["gains"]), "teleport_ok": C.teleport_free(boxes), "camera_shift_px": shift}
