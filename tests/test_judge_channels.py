@@ -140,6 +140,20 @@ def test_a_crowded_step_is_allowed_the_detectors_pull_but_a_shuffle_is_not():
     assert TM.path_coherence(shuffled, np.full(9, 21.0), crowded=np.ones(9, bool)) < 0.3
 
 
+def test_a_loose_anchor_is_allowed_its_regression_error_only():
+    h = np.full(9, 20.0)
+    off = np.full(9, 20.0)  # a still subject ...
+    off[4] -= 3.5  # ... with one anchor 3.5 px (0.175 h) off: out and back
+    pts = np.stack([off, np.full(9, 20.0)], 1)
+    loose = np.zeros(9, bool)
+    loose[4] = True
+    assert TM.path_coherence(pts, h) == pytest.approx(1 - (5.8 - 0.15 * 5.8) / (5.8 + 0.05 * 8 * 20))  # a peak's: it costs
+    assert TM.path_coherence(pts, h, loose=loose) == 1.0  # a recovered box's centre does not
+    far = pts.copy()
+    far[4, 0] -= 8.0  # 11.5 px behind: more than any regression error
+    assert TM.path_coherence(far, h, loose=loose) == pytest.approx(1 - (13.8 - 0.15 * 13.8) / (13.8 + 8))
+
+
 def test_a_path_that_turns_back_by_half_a_body_is_two_bodies():
     h = np.full(9, 22.0)
     nan = np.nan

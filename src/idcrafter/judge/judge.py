@@ -325,8 +325,9 @@ class Judge:
         for tr, b, crowded in zip(tracks, boxes, TM.crowded_frames(boxes)):
             activity.append(TM.step_activity(comp, b))
             # the detector's own peaks anchor a track; a box recovered by identity (`recover.py`)
-            # is regressed off its subject's centre and its head wanders 1-2 px, so its box centre
-            # serves, only for the coarse test of path coherence (`loose`: a wide dead zone)
+            # is regressed off its subject's centre and its head wanders 1-2 px, so for the path
+            # checks its box centre serves, with a wider dead zone (`loose`): a recovered glimpse
+            # of another body sharing the identity must still show as a turn
             rec = np.array([isinstance(d, RecoveredDetection) for d in tr.frames])
             anchors = np.array([_anchor(d) if d is not None and not r else [np.nan, np.nan]
                                 for d, r in zip(tr.frames, rec)])
@@ -336,9 +337,9 @@ class Judge:
             hgt, head = b[:, 3] - b[:, 1], TM.stabilise(anchors, comp["warps"])
             heads.append(head)
             # the head, not the feet, for bounces: feet boxes jump when legs pass behind someone
-            coarse = TM.stabilise(coarse, comp["warps"])
-            path = TM.path_coherence(coarse, hgt, crowded=crowded, loose=rec)
-            coherence.append(min(path, TM.turn_coherence(coarse[:, 0], hgt), TM.bounce_coherence(head[:, 1], hgt)))
+            path_pts = TM.stabilise(coarse, comp["warps"])
+            path = TM.path_coherence(path_pts, hgt, crowded=crowded, loose=rec)
+            coherence.append(min(path, TM.turn_coherence(path_pts[:, 0], hgt), TM.bounce_coherence(head[:, 1], hgt)))
         shift = float(np.abs(comp["warps"][:, :, 2]).max()) if len(comp["warps"]) else 0.0
         return {"activity": activity, "coherence": coherence, "feet": feet, "head": heads,
                 "flicker": TM.flicker(comp["gains"]), "teleport_ok": C.teleport_free(boxes), "camera_shift_px": shift}

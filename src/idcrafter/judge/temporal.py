@@ -333,9 +333,8 @@ def path_coherence(anchors: np.ndarray, heights: np.ndarray, deadzone: float = 0
     check on a still subject that two walkers passed), and by `LOOSE_DEADZONE` heights more for
     a step that starts or ends at a `loose` (T,) anchor (a box recovered by identity, anchored at
     its box centre, which is regressed off its subject by a few pixels); then, with L the path
-    length and R the
-    sum of |v_t - v_{t-1}| over velocity reversals (a pause between two opposite moves still
-    counts), a body walking or standing moves steadily (R ~ 0) while shuffled frames jump back and
+    length and R the sum of |v_t - v_{t-1}| over velocity reversals (a pause between two
+    opposite moves still counts), a body walking or standing moves steadily (R ~ 0) while shuffled frames jump back and
     forth by several steps of a walk (R ~ 2 L):
     score = 1 - clip((R - 0.15 L) / (L + 0.05 n h), 0, 1), n the number of steps.
     """
