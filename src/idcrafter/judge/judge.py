@@ -329,15 +329,15 @@ class Judge:
             # checks its box centre serves, with a wider dead zone (`loose`): a recovered glimpse
             # of another body sharing the identity must still show as a turn
             rec = np.array([isinstance(d, RecoveredDetection) for d in tr.frames])
-            anchors = np.array([_anchor(d) if d is not None and not r else [np.nan, np.nan]
-                                for d, r in zip(tr.frames, rec)])
-            coarse = anchors.copy()
-            coarse[rec] = np.stack([(b[rec, 0] + b[rec, 2]) / 2, (b[rec, 1] + b[rec, 3]) / 2], 1)
-            feet.append(TM.stabilise(np.stack([(b[:, 0] + b[:, 2]) / 2, b[:, 3]], 1), comp["warps"]))
-            hgt, head = b[:, 3] - b[:, 1], TM.stabilise(anchors, comp["warps"])
+            centre = (b[:, :2] + b[:, 2:]) / 2  # (T, 2)
+            path_pts = TM.stabilise(np.array([centre[t] if r else _anchor(d) if d is not None else [np.nan, np.nan]
+                                              for t, (d, r) in enumerate(zip(tr.frames, rec))]), comp["warps"])
+            head = path_pts.copy()  # stabilise maps each point alone: the heads are the path's peaks
+            head[rec] = np.nan
+            feet.append(TM.stabilise(np.stack([centre[:, 0], b[:, 3]], 1), comp["warps"]))
+            hgt = b[:, 3] - b[:, 1]
             heads.append(head)
             # the head, not the feet, for bounces: feet boxes jump when legs pass behind someone
-            path_pts = TM.stabilise(coarse, comp["warps"])
             path = TM.path_coherence(path_pts, hgt, crowded=crowded, loose=rec)
             coherence.append(min(path, TM.turn_coherence(path_pts[:, 0], hgt), TM.bounce_coherence(head[:, 1], hgt)))
         shift = float(np.abs(comp["warps"][:, :, 2]).max()) if len(comp["warps"]) else 0.0
